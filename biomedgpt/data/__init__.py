@@ -1,0 +1,1 @@
+"""Data utilities of the plugin: vocabulary, (later) TSV readers, image/text processing and datasets."""

@@ -1,0 +1,2 @@
+"""fairseq tasks of the plugin (importing registers them)."""
+from .ofa_task import OFAConfig, OFATask  # noqa: F401
