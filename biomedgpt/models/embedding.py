@@ -27,8 +27,8 @@ def rel_pos_tables(layers: int, token_bucket_size: int, num_image_rel: int, head
 
 
 def stack_drop_path_rates(rate: float, layers: int) -> List[float]:
-    """Drop-path rate per layer: `linspace(0, rate, layers)` (layer 0 never drops)."""
-    return torch.linspace(0, rate, layers).tolist()
+    """Drop-path rate per layer or block: `linspace(0, rate, layers)` (the first never drops)."""
+    return torch.linspace(0, rate, layers, device="cpu").tolist()
 
 
 def input_quant_noise(dim: int, args) -> Optional[nn.Module]:

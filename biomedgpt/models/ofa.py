@@ -9,7 +9,6 @@ from torch import Tensor, nn
 
 from fairseq.models import FairseqEncoderDecoderModel, register_model
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
-from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
 from .arguments import add_model_args
 from .decoder import OFADecoder
@@ -32,6 +31,20 @@ def _check_args(args) -> None:
         raise ValueError("--share-all-embeddings requires --encoder-embed-dim to match --decoder-embed-dim")
 
 
+def init_bert_weights(module: nn.Module) -> None:
+    """BERT-style init of every Linear and Embedding: N(0, 0.02), zero biases and padding rows.
+
+    Same rule as fairseq's `init_bert_params`, written with `nn.init` so it also works on the meta device.
+    """
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        with torch.no_grad():
+            module.weight[module.padding_idx].zero_()
+
+
 def _apply_bitfit(model: nn.Module) -> None:
     """BitFit: only biases of layer norms and FFN linears stay trainable (the reference rule on names)."""
     for name, param in model.named_parameters():
@@ -45,7 +58,7 @@ class OFAModel(FairseqEncoderDecoderModel):
     def __init__(self, args, encoder: OFAEncoder, decoder: OFADecoder):
         super().__init__(encoder, decoder)
         self.args = args
-        self.apply(init_bert_params)
+        self.apply(init_bert_weights)
         self.classification_heads = nn.ModuleDict()
         self.eos = encoder.dictionary.eos()
         self.ans_tensor_list = None

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .embedding import stack_drop_path_rates
 from .layers import DropPath
 
 RESNET_BLOCKS = {"resnet50": [3, 4, 6], "resnet101": [3, 4, 23], "resnet152": [3, 8, 36]}
@@ -78,7 +79,7 @@ class ResNet(nn.Module):
                 nn.Conv2d(self.inplanes, out_planes, kernel_size=1, stride=stride, bias=False),
                 norm_layer(out_planes),
             )
-        rates = torch.linspace(0, drop_path_rate, blocks).tolist()
+        rates = stack_drop_path_rates(drop_path_rate, blocks)
         stage = [Bottleneck(self.inplanes, planes, stride, downsample, norm_layer)]
         self.inplanes = out_planes
         stage += [Bottleneck(self.inplanes, planes, 1, None, norm_layer, rates[i]) for i in range(1, blocks)]
