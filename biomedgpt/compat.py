@@ -31,7 +31,11 @@ import weakref
 
 import numpy as np
 import torch
-from numpy._core.multiarray import scalar as _np_scalar
+
+try:
+    from numpy._core.multiarray import scalar as _np_scalar  # numpy >= 2
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import scalar as _np_scalar
 
 __all__ = ["apply", "SAFE_GLOBALS", "UnsafeCheckpointError", "CheckpointReadError"]
 
@@ -42,8 +46,8 @@ _MARK = "_biomedgpt_compat"  # attribute set on every wrapper, so nothing is wra
 # dict / list / tuple / set / OrderedDict are already allowed by torch itself.
 SAFE_GLOBALS = (
     argparse.Namespace,  # `cfg["model"]` (and legacy `args`) of every fairseq/OFA checkpoint
-    _np_scalar,  # numpy scalars, e.g. a `best` score, as pickled by numpy >= 2 ...
-    (_np_scalar, "numpy.core.multiarray.scalar"),  # ... and by numpy 1.x
+    (_np_scalar, "numpy._core.multiarray.scalar"),  # numpy scalars (e.g. a `best` score) as numpy >= 2 pickles them
+    (_np_scalar, "numpy.core.multiarray.scalar"),  # ... and as numpy 1.x did
     np.dtype,
     *sorted({type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG"}, key=lambda t: t.__name__),  # Float64DType, ...
 )
@@ -78,9 +82,8 @@ def _marked(fn):
 
 
 def _raised_by_torch_load(exc):
-    return any(
-        frame.f_code.co_filename == torch.serialization.__file__ for frame, _ in traceback.walk_tb(exc.__traceback__)
-    )
+    frames = traceback.walk_tb(exc.__traceback__)
+    return any(frame.f_globals.get("__name__") == "torch.serialization" for frame, _ in frames)
 
 
 def _allow_checkpoint_globals():
@@ -146,11 +149,12 @@ def _untangle_bf16_from_tpu():
 
     options.parse_args_and_arch = _marked(parse_args_and_arch)
     convert_namespace_to_omegaconf.__doc__ = convert.__doc__
-    _marked(convert_namespace_to_omegaconf)
-    # Modules imported later copy the patched attribute; rebind the ones that already hold the original.
+    # fairseq.dataclass.utils itself and every loaded fairseq / fairseq_cli module holding the original by name;
+    # modules imported later copy the patched attribute of fairseq.dataclass.utils.
     for name, module in list(sys.modules.items()):
-        if name.split(".")[0] in ("fairseq", "fairseq_cli") and getattr(module, "convert_namespace_to_omegaconf", None) is convert:
-            module.convert_namespace_to_omegaconf = convert_namespace_to_omegaconf
+        if name.partition(".")[0] in ("fairseq", "fairseq_cli"):
+            if getattr(module, "convert_namespace_to_omegaconf", None) is convert:
+                module.convert_namespace_to_omegaconf = _marked(convert_namespace_to_omegaconf)
 
 
 _TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -229,11 +233,11 @@ _KNOWN_WARNINGS = (
     (r"\s*The version_base parameter is not specified", UserWarning, r"hydra\."),
     (r"In 'config': Usage of deprecated keyword in package header '# @package _group_'", UserWarning, r"hydra\."),
     (r"\s*The strict flag in the compose API is deprecated", UserWarning, r"hydra\."),
-    # hydra attributes this one to a frame outside the stack ("sys:1"), so it cannot be matched by module.
+    # hydra attributes this one to a frame far up the stack ("sys:1", or the caller's caller): no module match.
     (r"\s*'config' is validated against ConfigStore schema with the same name", UserWarning, ""),
     (r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated", FutureWarning, r"fairseq\."),
     (r"'pin_memory' argument is set as true but no accelerator is found", UserWarning, r"torch\.utils\.data"),
-    (r"Support for mismatched key_padding_mask and attn_mask is deprecated", UserWarning, r"torch\.nn\.functional"),
+    (r"Support for mismatched key_padding_mask and attn_mask is deprecated", UserWarning, r"torch\.nn\."),
 )
 
 
