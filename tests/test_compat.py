@@ -22,12 +22,6 @@ from fairseq.models.ema import EMA  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    """pytest resets the warning filters for every test; keep the known fairseq noise out of its summary."""
-    compat._quiet_known_warnings()
-
-
 # --- 1. checkpoint loading ------------------------------------------------------------------------------------
 
 
