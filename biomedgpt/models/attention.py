@@ -163,6 +163,8 @@ class OFAAttention(nn.Module):
             prompt_len = prompt_k.size(2)
             k = torch.cat([prompt_k.to(k.dtype), k], dim=2)
             v = torch.cat([prompt_v.to(v.dtype), v], dim=2)
+            if key_padding_mask is not None:  # prefix keys are never padding
+                key_padding_mask = F.pad(key_padding_mask.bool(), (prompt_len, 0), value=False)
 
         mask = merge_masks(attn_bias, attn_mask, key_padding_mask, prompt_len, q.dtype)
         if mask is not None:

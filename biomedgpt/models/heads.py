@@ -27,6 +27,11 @@ class OFAClassificationHead(nn.Module):
         if do_spectral_norm:
             self.out_proj = torch.nn.utils.spectral_norm(self.out_proj)
 
+    @property
+    def shape(self):
+        """`(num_classes, inner_dim)`; inner_dim is None for the linear classifier."""
+        return self.out_proj.out_features, (self.dense.out_features if self.dense is not None else None)
+
     def forward(self, features: Tensor) -> Tensor:
         x = self.dropout(features)
         if self.dense is not None:

@@ -155,12 +155,9 @@ class OFAModel(FairseqEncoderDecoderModel):
     def register_classification_head(self, name: str, num_classes: int = None, inner_dim: int = None,
                                      use_two_images: bool = False, **kwargs):
         """Add (or replace) a classification head reading the decoder feature at the last non-pad position."""
-        if name in self.classification_heads:
-            old = self.classification_heads[name]
-            if old.out_proj.out_features != num_classes or old.dense.out_features != inner_dim:
-                logger.warning(f're-registering head "{name}" with num_classes {num_classes} '
-                               f"(prev: {old.out_proj.out_features}) and inner_dim {inner_dim} "
-                               f"(prev: {old.dense.out_features})")
+        if name in self.classification_heads and self.classification_heads[name].shape != (num_classes, inner_dim):
+            logger.warning(f're-registering head "{name}" with (num_classes, inner_dim) = ({num_classes}, {inner_dim}) '
+                           f"(previously {self.classification_heads[name].shape})")
         dim = self.args.encoder_embed_dim
         self.classification_heads[name] = OFAClassificationHead(
             input_dim=dim, inner_dim=inner_dim or dim, num_classes=num_classes,
@@ -208,14 +205,14 @@ class OFAModel(FairseqEncoderDecoderModel):
         for head in names:
             keys = [k for k in state_dict if k.startswith(f"{head_prefix}{head}.")]
             num_classes = state_dict[f"{head_prefix}{head}.out_proj.weight"].size(0)
-            inner_dim = state_dict[f"{head_prefix}{head}.dense.weight"].size(0)
+            dense = state_dict.get(f"{head_prefix}{head}.dense.weight")
+            inner_dim = dense.size(0) if dense is not None else None
             if load_heads:
                 if head not in self.classification_heads:
                     self.register_classification_head(head, num_classes, inner_dim)
                 continue
             existing = self.classification_heads[head] if head in self.classification_heads else None
-            if existing is None or existing.out_proj.out_features != num_classes \
-                    or existing.dense.out_features != inner_dim:
+            if existing is None or existing.shape != (num_classes, inner_dim):
                 logger.warning(f"deleting classification head ({head}) from checkpoint: not registered or "
                                f"of a different size")
                 for key in keys:
