@@ -53,6 +53,22 @@ def timed(fn, runs, device):
     return statistics.median(times), times
 
 
+def gemm_ceiling(dtype, device, runs):
+    """Measured dense matmul throughput (GFLOP/s) of a 2048^3 GEMM: the roofline the model is compared with."""
+    a = torch.randn(2048, 2048, device=device, dtype=dtype)
+    b = torch.randn(2048, 2048, device=device, dtype=dtype)
+    median, _ = timed(lambda: a @ b, max(runs, 5), device)
+    return 2 * 2048 ** 3 / median / 1e9
+
+
+def count_gflop(fn):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
 def greedy(model, batch, steps):
     net = {k: v for k, v in batch.items() if k != "prev_output_tokens"}
     encoder_out = model.encoder(**net)
@@ -70,8 +86,9 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--configs", default="eager-fp32,sdpa-fp32,sdpa-fp32-cl,sdpa-bf16,sdpa-bf16-cl",
-                        help="comma-separated attention-dtype[-cl] configurations")
+    parser.add_argument("--configs", default="eager-fp32,sdpa-fp32,sdpa-fp32-cl,sdpa-bf16-cl",
+                        help="comma-separated attention-dtype[-cl] configurations (cl: channels_last ResNet, "
+                             "the default of the model)")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one training step")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
@@ -85,16 +102,21 @@ def main():
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(0)
 
+    ceilings = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        ceilings[name] = gemm_ceiling(dtype, device, opts.runs)
+        print(json.dumps({"name": "gemm_ceiling_2048", "dtype": name, "gflops": round(ceilings[name], 1), **meta}),
+              flush=True)
+    flops = {}
     for config in opts.configs.split(","):
         parts = config.split("-")
         impl, dtype = parts[0], parts[1]
         channels_last = "cl" in parts[2:]
         set_attention_impl(impl)
         resnet = model.encoder.embed_images
+        resnet.channels_last = channels_last
         resnet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        images = batch["patch_images"].contiguous(
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        run_batch = dict(batch, patch_images=images)
+        run_batch = batch
         autocast = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
                     if dtype != "fp32" else contextlib.nullcontext())
 
@@ -116,11 +138,27 @@ def main():
             with torch.no_grad(), autocast:
                 greedy(model, run_batch, opts.steps)
 
-        for name, fn in (("forward", forward), ("forward_backward", train_step), (f"greedy_{opts.steps}", decode)):
+        def resnet_train_step():
+            model.train()
+            model.zero_grad(set_to_none=True)
+            with autocast:
+                resnet(run_batch["patch_images"]).float().sum().backward()
+
+        if not flops:
+            flops = {"forward": count_gflop(forward), "forward_backward": count_gflop(train_step),
+                     "resnet_forward_backward": count_gflop(resnet_train_step)}
+        measurements = (("forward", forward), ("forward_backward", train_step),
+                        ("resnet_forward_backward", resnet_train_step), (f"greedy_{opts.steps}", decode))
+        for name, fn in measurements:
             median, times = timed(fn, opts.runs, device)
-            print(json.dumps({"name": name, "config": config, "attention": impl, "dtype": dtype,
-                              "channels_last": channels_last, "median_s": round(median, 4),
-                              "runs": [round(t, 4) for t in times], **meta}), flush=True)
+            line = {"name": name, "config": config, "attention": impl, "dtype": dtype,
+                    "channels_last": channels_last, "median_s": round(median, 4),
+                    "runs": [round(t, 4) for t in times]}
+            if name in flops:
+                achieved = flops[name] / median
+                line.update(gflop=round(flops[name], 1), gflops=round(achieved, 1),
+                            pct_of_gemm_ceiling=round(100 * achieved / ceilings[dtype if dtype in ceilings else "fp32"], 1))
+            print(json.dumps({**line, **meta}), flush=True)
         if opts.profile:
             from torch.profiler import ProfilerActivity, profile
 

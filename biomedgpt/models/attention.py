@@ -152,6 +152,7 @@ class OFAAttention(nn.Module):
                 key_padding_mask = _concat_padding(saved.get("prev_key_padding_mask"), key_padding_mask, bsz,
                                                    saved["prev_key"].size(2), tgt_len, query.device)
             if incremental_state is not None:
+                k, v = k.contiguous(), v.contiguous()  # read at every later step: keep them dense
                 saved = {"prev_key": k, "prev_value": v}
                 if key_padding_mask is not None:
                     saved["prev_key_padding_mask"] = key_padding_mask
