@@ -745,3 +745,12 @@ def test_alignment_layer_returns_cross_attention_weights(base, batch):
     assert attn.shape == (2, batch["prev_output_tokens"].size(1), src_total)
     torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:2]))
     assert attn[1, :, -2:].abs().max() == 0  # padded source positions get no weight
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, 9])
+def test_output_layer_matches_plain_linear_for_every_row_count(base, rows):
+    features = torch.randn(rows, 1, base.decoder.embed_dim)
+    expected = F.linear(features, base.decoder.output_projection.weight)
+    got = base.decoder.output_layer(features)
+    assert got.shape == expected.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
