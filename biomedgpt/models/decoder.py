@@ -19,7 +19,7 @@ from fairseq.modules.fairseq_dropout import FairseqDropout
 
 from .embedding import embedding_table, input_quant_noise, rel_pos_tables, stack_drop_path_rates
 from .layers import DecoderLayer
-from .position import code_position_index, image_bucket_positions, token_bucket_positions
+from .position import code_position_index, register_relative_buckets
 from .prompt import PromptEncoder
 
 STREAMED_ROWS = 8  # up to this many logit rows, the CPU output projection streams the weight (see output_layer)
@@ -41,9 +41,7 @@ class OFADecoder(FairseqIncrementalDecoder):
         self.add_positions_to_input = not args.disable_entangle
         self.dropout_module = FairseqDropout(args.dropout, module_name=self.__class__.__name__)
         self.decoder_layerdrop = args.decoder_layerdrop
-        self.register_buffer("token_rp_bucket", token_bucket_positions(args.token_bucket_size, args.max_target_positions))
-        num_image_rel = (2 * args.image_bucket_size - 1) ** 2 + 3
-        self.register_buffer("image_rp_bucket", image_bucket_positions(args.image_bucket_size, num_image_rel))
+        num_image_rel = register_relative_buckets(self, args.token_bucket_size, args.max_target_positions, args.image_bucket_size)
         self.register_buffer("image_position_idx", code_position_index(
             args.code_image_size // 8, args.image_bucket_size, args.max_target_positions + 2))
 

@@ -18,7 +18,7 @@ from fairseq.modules.fairseq_dropout import FairseqDropout
 
 from .embedding import embedding_table, input_quant_noise, rel_pos_tables, stack_drop_path_rates
 from .layers import EncoderLayer
-from .position import image_bucket_positions, image_grid_ids, token_bucket_positions
+from .position import image_grid_ids, register_relative_buckets
 from .prompt import PromptEncoder
 from .resnet import build_resnet
 
@@ -39,9 +39,7 @@ class OFAEncoder(FairseqEncoder):
         self.entangle_position_embedding = args.entangle_position_embedding
         self.dropout_module = FairseqDropout(args.dropout, module_name=self.__class__.__name__)
         self.encoder_layerdrop = args.encoder_layerdrop
-        self.register_buffer("token_rp_bucket", token_bucket_positions(args.token_bucket_size, args.max_source_positions))
-        num_image_rel = (2 * args.image_bucket_size - 1) ** 2 + 3
-        self.register_buffer("image_rp_bucket", image_bucket_positions(args.image_bucket_size, num_image_rel))
+        num_image_rel = register_relative_buckets(self, args.token_bucket_size, args.max_source_positions, args.image_bucket_size)
 
         if getattr(args, "encoder_prompt", False):
             self.encoder_prompt_encoder = PromptEncoder(

@@ -7,6 +7,7 @@ grid ids of image patches. No learned parameters live here.
 import math
 
 import torch
+from torch import nn
 
 
 def token_bucket_positions(bucket_size: int, max_position: int) -> torch.Tensor:
@@ -61,3 +62,11 @@ def code_position_index(code_grid: int, grid: int, length: int) -> torch.Tensor:
     window = image_grid_ids(code_grid, code_grid, grid)
     tail = torch.full((length - 1 - window.numel(),), length - 2, dtype=torch.long)
     return torch.cat([torch.zeros(1, dtype=torch.long), window, tail])
+
+
+def register_relative_buckets(module: nn.Module, token_bucket_size: int, max_positions: int, image_grid: int) -> int:
+    """Register the `token_rp_bucket` and `image_rp_bucket` buffers on `module`; return the image table size."""
+    num_image_relative = (2 * image_grid - 1) ** 2 + 3
+    module.register_buffer("token_rp_bucket", token_bucket_positions(token_bucket_size, max_positions))
+    module.register_buffer("image_rp_bucket", image_bucket_positions(image_grid, num_image_relative))
+    return num_image_relative
