@@ -1,7 +1,7 @@
 """biomedgpt: BiomedGPT/OFA as a fairseq `--user-dir` plugin.
 
 Importing the package applies the run-time compatibility adjustments (`compat`) and registers every
-component (model `ofa`, architectures `ofa_*`, tasks) with fairseq. Use
+component (model `ofa`, architectures `ofa_*`, tasks, criterion, lr scheduler) with fairseq. Use
 `--user-dir $(python -m biomedgpt.userdir)` with the stock fairseq commands.
 """
 from . import compat

@@ -1,18 +1,30 @@
-"""The `ofa` base task: configuration shared by every BiomedGPT task, the OFA vocabulary and the BPE.
+"""The `ofa` base task: configuration shared by every BiomedGPT task, the OFA vocabulary, the BPE, TSV data
+loading and the training/validation glue.
 
-It builds the dictionary (`{bpe_dir}/dict.txt` + `<mask>` + image codes + location bins) and the
-model; the concrete tasks (caption, vqa_gen, ...) add datasets on top. It must never hard-code data paths.
+Concrete tasks (caption, vqa_gen, ...) set `dataset_class` and add their validation metric. This module
+must never hard-code data paths: everything comes from `--data`, `--bpe-dir` and `--selected-cols`.
 """
+import inspect
+import json
 import logging
 import os
+from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
+from omegaconf import II
+
+from fairseq import utils
 from fairseq.data.encoders.gpt2_bpe import GPT2BPE, GPT2BPEConfig
 from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
+from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import FairseqTask, register_task
 
 from ..data.dictionary import build_ofa_dictionary, resolve_bpe_dir
+from ..data.text import TextEncoder
+from ..data.tsv import IndexedTSV, parse_selected_cols
 
 logger = logging.getLogger(__name__)
 
@@ -37,30 +49,39 @@ class OFAConfig(FairseqDataclass):
         "help": "normalise images with ImageNet mean/std instead of 0.5/0.5"})
     constraint_range: Optional[str] = field(default=None, metadata={
         "help": "'start,end': restrict predicted ids to this range (plus specials)"})
+    skip_invalid_rows: bool = field(default=False, metadata={
+        "help": "skip (and count in the log) data rows that cannot be used, instead of stopping with an error"})
+    seed: int = II("common.seed")
+
+
+def parse_json_arg(value: str, name: str) -> dict:
+    """`--eval-args` style JSON strings -> dict, with an error naming the flag."""
+    try:
+        return json.loads(value) if value else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--{name.replace('_', '-')} is not valid JSON ({exc}): {value!r}") from None
 
 
 @register_task("ofa", dataclass=OFAConfig)
 class OFATask(FairseqTask):
-    """Base of the BiomedGPT tasks: holds the OFA dictionary (source = target) and the GPT-2 BPE."""
+    """Base of the BiomedGPT tasks: the OFA dictionary (source = target), the GPT-2 BPE and TSV loading."""
 
     cfg: OFAConfig
+    dataset_class = None  # set by concrete tasks
+    column_names = None  # names of the selected TSV columns, for error messages
 
     def __init__(self, cfg: OFAConfig, src_dict, tgt_dict):
         super().__init__(cfg)
         self.src_dict = src_dict
         self.tgt_dict = tgt_dict
-        self.bpe = None
+        self.bpe = self.build_bpe()
+        self.text = TextEncoder(self.bpe, src_dict)
 
     @classmethod
     def setup_task(cls, cfg: OFAConfig, **kwargs):
         dictionary = build_ofa_dictionary(cfg.bpe_dir, cfg.code_dict_size, cfg.num_bins)
         logger.info(f"OFA dictionary: {len(dictionary)} symbols (bpe dir {resolve_bpe_dir(cfg.bpe_dir)})")
         return cls(cfg, dictionary, dictionary)
-
-    def build_model(self, cfg, from_checkpoint: bool = False):
-        model = super().build_model(cfg, from_checkpoint)
-        self.bpe = self.build_bpe(cfg)
-        return model
 
     def build_bpe(self, cfg=None):
         """The GPT-2 byte-level BPE from `--bpe-dir` (no download)."""
@@ -71,17 +92,98 @@ class OFATask(FairseqTask):
             raise FileNotFoundError(f"--bpe-dir {bpe_dir}: missing {', '.join(missing)}")
         return GPT2BPE(GPT2BPEConfig(gpt2_encoder_json=paths["encoder.json"], gpt2_vocab_bpe=paths["vocab.bpe"]))
 
-    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
-        raise ValueError(f"task 'ofa' has no data of its own (asked for split {split!r}): use a concrete task "
-                         f"such as caption, vqa_gen, image_classify, gigaword or mnli")
+    # ------------------------------------------------------------------ data
+    def data_paths(self):
+        if not self.cfg.data:
+            raise ValueError(f"task {self.cfg._name}: no data given (the positional DATA argument: "
+                             f"comma-separated TSV files, the last one used for validation)")
+        return [p for p in str(self.cfg.data).split(",") if p]
 
+    def split_path(self, split: str, epoch: int = 1) -> str:
+        """Training rotates over all files but the last (one per epoch); any other split reads the last file."""
+        paths = self.data_paths()
+        if split == "train":
+            train = paths[:-1] if len(paths) > 1 else paths
+            return train[(epoch - 1) % len(train)]
+        return paths[-1]
+
+    def has_sharded_data(self, split: str) -> bool:
+        return split == "train" and len(self.data_paths()) > 2  # reload each epoch to rotate training files
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        if self.dataset_class is None:
+            raise ValueError(f"task 'ofa' has no data of its own (asked for split {split!r}): use a concrete task "
+                             f"such as caption, vqa_gen, image_classify, gigaword or mnli")
+        path = self.split_path(split, epoch)
+        tsv = IndexedTSV(path, parse_selected_cols(self.cfg.selected_cols), column_names=self.column_names)
+        self.datasets[split] = self.dataset_class(split, tsv, self.text, self.cfg, seed=self.cfg.seed,
+                                                  skip_invalid_rows=self.cfg.skip_invalid_rows)
+        logger.info(f"{split}: {len(tsv)} rows from {path}")
+
+    # ------------------------------------------------------------------ training glue
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
-        """Stock training step; accepts the `ema_model=` keyword fairseq passes when `--store-ema` is on."""
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        """Stock step, plus `update_num` for criteria that use it (drop-worst); accepts fairseq's `ema_model=`."""
+        model.train()
+        model.set_num_updates(update_num)
+        extra = {"update_num": update_num} if _accepts(criterion, "update_num") else {}
+        with torch.autograd.profiler.record_function("forward"):
+            with torch.autocast(device_type="cuda", enabled=isinstance(optimizer, AMPOptimizer)):
+                loss, sample_size, logging_output = criterion(model, sample, **extra)
+        if ignore_grad:
+            loss *= 0
+        with torch.autograd.profiler.record_function("backward"):
+            optimizer.backward(loss)
+        return loss, sample_size, logging_output
 
     def valid_step(self, sample, model, criterion, **kwargs):
-        return super().valid_step(sample, model, criterion)
+        """Criterion loss, then the task's metric on `ema_model` when fairseq passes one (`--uses-ema`)."""
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        eval_model = kwargs.get("ema_model") or model
+        eval_model.eval()
+        with torch.no_grad():
+            self.add_valid_metrics(sample, eval_model, logging_output)
+        return loss, sample_size, logging_output
 
+    def add_valid_metrics(self, sample, model, logging_output) -> None:
+        """Concrete tasks add their metric sums (e.g. `_score_sum`, `_score_cnt`) to `logging_output`."""
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+
+    @staticmethod
+    def log_ratio(logging_outputs, name: str, numerator: str, denominator: str, scale: float = 1.0,
+                  digits: int = 4) -> None:
+        """Log `scale * sum(numerator) / sum(denominator)` as derived metric `name` (when any count exists)."""
+        total = sum(utils.item(log.get(denominator, 0)) for log in logging_outputs)
+        if total <= 0:
+            return
+        value = sum(utils.item(log.get(numerator, 0)) for log in logging_outputs)
+        metrics.log_scalar("_" + numerator, value)
+        metrics.log_scalar("_" + denominator, total)
+        metrics.log_derived(name, lambda meters: round(
+            scale * meters["_" + numerator].sum / meters["_" + denominator].sum, digits))
+
+    # ------------------------------------------------------------------ generation
+    def sequence_generator(self, models, gen_args: dict):
+        """A beam-search generator over `models` with `--eval-args`-style options (decoding starts from BOS)."""
+        from fairseq.sequence_generator import SequenceGenerator
+
+        args = Namespace(**gen_args)
+        return SequenceGenerator(
+            models, self.target_dictionary, beam_size=getattr(args, "beam", 5),
+            max_len_a=getattr(args, "max_len_a", 0), max_len_b=getattr(args, "max_len_b", 200),
+            min_len=getattr(args, "min_len", 1), normalize_scores=not getattr(args, "unnormalized", False),
+            len_penalty=getattr(args, "lenpen", 1), unk_penalty=getattr(args, "unkpen", 0),
+            temperature=getattr(args, "temperature", 1.0),
+            no_repeat_ngram_size=getattr(args, "no_repeat_ngram_size", 0))
+
+    def generate_text(self, model, sample, gen_args: dict):
+        """Best hypothesis text per row of `sample`, decoding from BOS."""
+        generator = self.sequence_generator([model], gen_args)
+        hypos = generator.generate([model], sample, bos_token=self.target_dictionary.bos())
+        return [self.text.decode(h[0]["tokens"]) for h in hypos]
+
+    # ------------------------------------------------------------------ sizes and dictionaries
     def max_positions(self):
         return self.cfg.max_source_positions, self.cfg.max_target_positions
 
@@ -92,3 +194,11 @@ class OFATask(FairseqTask):
     @property
     def target_dictionary(self):
         return self.tgt_dict
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        parameters = inspect.signature(fn.forward if hasattr(fn, "forward") else fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())

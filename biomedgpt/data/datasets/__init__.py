@@ -1,0 +1,1 @@
+"""One dataset module per task: TSV row -> OFA sample."""

@@ -1,0 +1,1 @@
+"""Decoding helpers: answer tries (constraint masks) and, later, the plugin's sequence generator."""

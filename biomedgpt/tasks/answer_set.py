@@ -1,0 +1,65 @@
+"""Shared pieces of the closed-answer tasks (vqa_gen, image_classify, snli_ve): the answer set, its trie,
+all-candidate or beam-search validation and the `vqa_score`-style metric."""
+import torch
+
+from ..data.answers import load_ans2label
+from ..generation.allcand import CandidateScorer
+from ..generation.trie import Trie
+from .ofa_task import OFATask, parse_json_arg
+
+
+class AnswerSetTask(OFATask):
+    """Base for tasks answered from `--ans2label-dict` / `--ans2label-file`; subclasses set `metric_name`."""
+
+    metric_name = "score"
+    constrained = True
+
+    def __init__(self, cfg, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        self.uses_ema = getattr(cfg, "uses_ema", False)
+        self.gen_args = parse_json_arg(getattr(cfg, "eval_args", "{}"), "eval_args")
+        self.answers, self.trie, self.scorer = None, None, None
+        if self.constrained:
+            self.answers = list(load_ans2label(cfg.ans2label_dict, getattr(cfg, "ans2label_file", None)))
+            self.trie = Trie(tgt_dict.eos())
+            for answer in self.answers:
+                self.trie.insert([tgt_dict.bos()] + self.text.encode(" " + answer).tolist() + [tgt_dict.eos()])
+            self.scorer = CandidateScorer(self.answers, self.text, self.trie, getattr(cfg, "valid_batch_size", 20))
+
+    def predict(self, model, sample):
+        """Answer strings per row: all-candidate scoring, or beam search when `--val-inference-type beamsearch`."""
+        if getattr(self.cfg, "val_inference_type", "allcand") == "allcand" and self.scorer is not None:
+            return self.scorer.predict(model, sample)
+        return self.beam_answers(model, sample)
+
+    def beam_answers(self, model, sample):
+        from fairseq.sequence_generator import SequenceGenerator
+
+        prompts = [list(p) for p in sample["decoder_prompts"]]
+        trie, bos = self.trie, self.tgt_dict.bos()
+
+        def allowed(row, tokens):  # tokens: bos + prompt[1:] + answer so far
+            if trie is None:
+                return list(range(len(self.tgt_dict)))
+            return trie.next_tokens([bos] + tokens[len(prompts[row]):].tolist())
+
+        args = dict(self.gen_args)
+        generator = SequenceGenerator(
+            [model], self.tgt_dict, beam_size=args.get("beam", 5), max_len_b=args.get("max_len_b", 200),
+            normalize_scores=not args.get("unnormalized", False), temperature=args.get("temperature", 1.0),
+            prefix_allowed_tokens_fn=allowed if trie is not None else None)
+        hypos = generator.generate([model], sample, prefix_tokens=sample["prefix_tokens"], bos_token=bos)
+        answers = []
+        for row, best in enumerate(h[0] for h in hypos):
+            tokens = best["tokens"][len(prompts[row]) - 1:]
+            answers.append(self.text.decode(tokens))
+        return answers
+
+    def add_valid_metrics(self, sample, model, logging_output):
+        predictions = self.predict(model, sample)
+        logging_output["_score_sum"] = sum(ref.get(p, 0.0) for p, ref in zip(predictions, sample["ref_dict"]))
+        logging_output["_score_cnt"] = len(predictions)
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        self.log_ratio(logging_outputs, self.metric_name, "_score_sum", "_score_cnt")

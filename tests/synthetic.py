@@ -1,0 +1,76 @@
+"""Small synthetic TSVs in BiomedGPT's layouts, for end-to-end task tests (learnable: the answer depends on
+the image colour or on the text)."""
+import base64
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def image_b64(colour: str, size: int = 32, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    array = np.clip(np.array(COLOURS[colour])[None, None, :] + rng.normal(0, 10, (size, size, 3)), 0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _write(path, rows):
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write("\t".join(row) + "\n")
+    return str(path)
+
+
+def vqa_rows(n, seed=0):
+    """`question_id, image_id, question, conf|!+answer, objects, base64` (--selected-cols 0,5,2,3,4)."""
+    names = list(COLOURS)
+    return [[str(i), f"img{i}", "what colour is the image?", f"1.0|!+{names[i % 3]}", "",
+             image_b64(names[i % 3], seed=seed + i)] for i in range(n)]
+
+
+def classify_rows(n, seed=0):
+    """`base64, label_index, label_name` (--selected-cols 0,2)."""
+    names = list(COLOURS)
+    return [[image_b64(names[i % 3], seed=seed + i), str(i % 3), names[i % 3]] for i in range(n)]
+
+
+def caption_rows(n, seed=0):
+    """`uniq_id, image_id, caption, objects, base64` (--selected-cols 0,4,2)."""
+    names = list(COLOURS)
+    return [[str(i), f"img{i}", f"a {names[i % 3]} square", "", image_b64(names[i % 3], seed=seed + i)]
+            for i in range(n)]
+
+
+def nli_rows(n):
+    """`sentence1, sentence2, label` with label 1 (yes) when the sentences are equal, 2 (no) otherwise."""
+    words = ["fever", "cough", "pain", "rash"]
+    rows = []
+    for i in range(n):
+        a = words[i % 4]
+        b = a if i % 2 == 0 else words[(i + 1) % 4]
+        rows.append([f"the patient has {a}", f"the patient has {b}", "1" if a == b else "2"])
+    return rows
+
+
+def summary_rows(n):
+    """`source, target`: the target is the first three words of the source."""
+    words = ["fever", "cough", "pain", "rash", "headache", "nausea"]
+    return [[f"{words[i % 6]} {words[(i + 1) % 6]} {words[(i + 2) % 6]} since yesterday what should i do",
+             f"{words[i % 6]} {words[(i + 1) % 6]} {words[(i + 2) % 6]}"] for i in range(n)]
+
+
+def write_task_data(folder, task: str, train: int = 24, valid: int = 6):
+    """Write train.tsv and valid.tsv for `task`; returns the comma-separated DATA argument."""
+    make = {"vqa_gen": vqa_rows, "image_classify": classify_rows, "caption": caption_rows}.get(task)
+    if make is not None:
+        train_rows, valid_rows = make(train), make(valid, seed=1000)
+    elif task == "mnli":
+        train_rows, valid_rows = nli_rows(train), nli_rows(valid)
+    else:
+        train_rows, valid_rows = summary_rows(train), summary_rows(valid)
+    paths = [_write(os.path.join(folder, "train.tsv"), train_rows), _write(os.path.join(folder, "valid.tsv"), valid_rows)]
+    return ",".join(paths)
