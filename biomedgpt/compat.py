@@ -15,6 +15,8 @@ Each adjustment is one private function below whose docstring names the breakage
    N independent jobs.
 4. `_copy_integer_buffers_in_ema`: `--store-ema` crashes on int64 buffers.
 5. `_quiet_known_warnings`: the hydra / torch deprecation warnings that stock fairseq triggers.
+6. `_accept_tsv_file_data`: `fairseq-train` with comma-separated TSV files as `data` needed
+   `--ignore-unused-valid-subsets`.
 
 Rules for this module: never turn off weights-only loading (no `weights_only=False`, no
 `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`) and never allow-list anything that can run code; patch nothing that is
@@ -249,6 +251,26 @@ def _quiet_known_warnings():
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
+def _accept_tsv_file_data():
+    """`fairseq-train` lists the `--data` *folder* to look for extra `valid*` files; OFA tasks take
+    comma-separated TSV *files* there, which made it fail (`NotADirectoryError`) unless
+    `--ignore-unused-valid-subsets` was given. The check now runs only when `data` is a folder."""
+    from fairseq.data import data_utils
+
+    check = data_utils.raise_if_valid_subsets_unintentionally_ignored
+    if getattr(check, _MARK, False):
+        return
+
+    @_marked
+    def check_folders_only(train_cfg):
+        data = getattr(train_cfg.task, "data", None)
+        if data is not None and not os.path.isdir(str(data)):
+            return None
+        return check(train_cfg)
+
+    data_utils.raise_if_valid_subsets_unintentionally_ignored = check_folders_only
+
+
 def apply():
     """Apply every adjustment once; later calls do nothing."""
     global _APPLIED
@@ -258,5 +280,6 @@ def apply():
     _untangle_bf16_from_tpu()
     _support_cpu_torchrun()
     _copy_integer_buffers_in_ema()
+    _accept_tsv_file_data()
     _quiet_known_warnings()
     _APPLIED = True

@@ -63,9 +63,36 @@ def summary_rows(n):
              f"{words[i % 6]} {words[(i + 1) % 6]} {words[(i + 2) % 6]}"] for i in range(n)]
 
 
+def snli_rows(n, seed=0):
+    """`uniq_id, image, hypothesis, caption, label`: entailment when the hypothesis names the image colour."""
+    names = list(COLOURS)
+    rows = []
+    for i in range(n):
+        colour, said = names[i % 3], names[(i // 3) % 3]
+        label = "entailment" if colour == said else "contradiction"
+        rows.append([str(i), image_b64(colour, seed=seed + i), f"a {said} image", f"a {colour} image", label])
+    return rows
+
+
+def refcoco_rows(n, seed=0, size=48):
+    """`uniq_id, image, text, "x0,y0,x1,y1"`: a red square on grey at a random place."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        array = np.full((size, size, 3), 128, dtype=np.uint8)
+        x0, y0 = (int(v) for v in rng.integers(0, size // 2, 2))
+        x1, y1 = x0 + size // 3, y0 + size // 3
+        array[y0:y1, x0:x1] = COLOURS["red"]
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        rows.append([str(i), base64.b64encode(buffer.getvalue()).decode(), "the red square", f"{x0},{y0},{x1},{y1}"])
+    return rows
+
+
 def write_task_data(folder, task: str, train: int = 24, valid: int = 6):
     """Write train.tsv and valid.tsv for `task`; returns the comma-separated DATA argument."""
-    make = {"vqa_gen": vqa_rows, "image_classify": classify_rows, "caption": caption_rows}.get(task)
+    make = {"vqa_gen": vqa_rows, "image_classify": classify_rows, "caption": caption_rows, "snli_ve": snli_rows,
+            "refcoco": refcoco_rows}.get(task)
     if make is not None:
         train_rows, valid_rows = make(train), make(valid, seed=1000)
     elif task == "mnli":

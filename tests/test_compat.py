@@ -315,3 +315,22 @@ def test_apply_is_idempotent(monkeypatch):
     assert len(torch.serialization.get_safe_globals()) == n_safe
     assert len(warnings.filters) == n_filters
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+def test_tsv_file_data_needs_no_ignore_unused_valid_subsets(tmp_path):
+    from types import SimpleNamespace
+
+    from fairseq.data import data_utils
+
+    files = f"{tmp_path / 'train.tsv'},{tmp_path / 'valid.tsv'}"
+    cfg = SimpleNamespace(
+        task=SimpleNamespace(data=files),
+        dataset=SimpleNamespace(ignore_unused_valid_subsets=False, combine_valid_subsets=None,
+                                disable_validation=False, valid_subset="valid"))
+    data_utils.raise_if_valid_subsets_unintentionally_ignored(cfg)  # stock: NotADirectoryError / FileNotFoundError
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "valid1.bin").write_text("")
+    cfg.task.data = str(folder)
+    with pytest.raises(ValueError, match="will be ignored"):  # folders keep the stock check
+        data_utils.raise_if_valid_subsets_unintentionally_ignored(cfg)

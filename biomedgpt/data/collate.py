@@ -51,6 +51,9 @@ def collate(samples: List[Dict], pad_idx: int, eos_idx: int) -> Dict:
     for key, batch_key in (("ref_dict", "ref_dict"), ("target_str", "target_strs"), ("uniq_id", "uniq_ids")):
         if key in first:
             batch[batch_key] = np.array([s[key] for s in samples], dtype=object)
+    for key in ("region_coord", "resize_ratio"):
+        if key in first:
+            batch[key + "s"] = torch.stack([s[key] for s in samples])
     if first.get("constraint_mask") is not None:
         batch["constraint_masks"] = collate_masks([s["constraint_mask"] for s in samples])
     if "decoder_prompt" in first:

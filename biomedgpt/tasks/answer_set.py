@@ -1,6 +1,5 @@
 """Shared pieces of the closed-answer tasks (vqa_gen, image_classify, snli_ve): the answer set, its trie,
 all-candidate or beam-search validation and the `vqa_score`-style metric."""
-import torch
 
 from ..data.answers import load_ans2label
 from ..generation.allcand import CandidateScorer
@@ -33,27 +32,22 @@ class AnswerSetTask(OFATask):
         return self.beam_answers(model, sample)
 
     def beam_answers(self, model, sample):
-        from fairseq.sequence_generator import SequenceGenerator
+        """Beam search after each row's decoder prompt, restricted to the answer trie when there is one.
 
+        fairseq's stock search masks after the softmax; the plugin generator (a later issue) will renormalise
+        over the allowed tokens as the reference does."""
         prompts = [list(p) for p in sample["decoder_prompts"]]
         trie, bos = self.trie, self.tgt_dict.bos()
 
-        def allowed(row, tokens):  # tokens: bos + prompt[1:] + answer so far
-            if trie is None:
-                return list(range(len(self.tgt_dict)))
-            return trie.next_tokens([bos] + tokens[len(prompts[row]):].tolist())
+        def allowed(row, tokens):  # tokens: bos + prompt[1:] + the answer so far
+            prompt = prompts[row]
+            if len(tokens) < len(prompt):  # still inside the (forced) decoder prompt
+                return [prompt[len(tokens)]]
+            return trie.next_tokens([bos] + tokens[len(prompt):].tolist())
 
-        args = dict(self.gen_args)
-        generator = SequenceGenerator(
-            [model], self.tgt_dict, beam_size=args.get("beam", 5), max_len_b=args.get("max_len_b", 200),
-            normalize_scores=not args.get("unnormalized", False), temperature=args.get("temperature", 1.0),
-            prefix_allowed_tokens_fn=allowed if trie is not None else None)
+        generator = self.sequence_generator([model], self.gen_args, allowed if trie is not None else None)
         hypos = generator.generate([model], sample, prefix_tokens=sample["prefix_tokens"], bos_token=bos)
-        answers = []
-        for row, best in enumerate(h[0] for h in hypos):
-            tokens = best["tokens"][len(prompts[row]) - 1:]
-            answers.append(self.text.decode(tokens))
-        return answers
+        return [self.text.decode(h[0]["tokens"][len(prompts[row]) - 1:]) for row, h in enumerate(hypos)]
 
     def add_valid_metrics(self, sample, model, logging_output):
         predictions = self.predict(model, sample)

@@ -25,6 +25,7 @@ from fairseq.tasks import FairseqTask, register_task
 from ..data.dictionary import build_ofa_dictionary, resolve_bpe_dir
 from ..data.text import TextEncoder
 from ..data.tsv import IndexedTSV, parse_selected_cols
+from ..optim.polynomial_decay_ratio import set_train_batches_per_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,14 @@ class OFATask(FairseqTask):
                                                   skip_invalid_rows=self.cfg.skip_invalid_rows)
         logger.info(f"{split}: {len(tsv)} rows from {path}")
 
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """Stock iterator; for the training set it also tells `polynomial_decay_ratio` how many batches an epoch
+        has on this rank, so `--warmup-ratio` with only `--max-epoch` works as in the reference."""
+        epoch_itr = super().get_batch_iterator(dataset, *args, **kwargs)
+        if dataset is self.datasets.get("train"):
+            set_train_batches_per_epoch(len(epoch_itr))
+        return epoch_itr
+
     # ------------------------------------------------------------------ training glue
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
         """Stock step, plus `update_num` for criteria that use it (drop-worst); accepts fairseq's `ema_model=`."""
@@ -164,18 +173,23 @@ class OFATask(FairseqTask):
             scale * meters["_" + numerator].sum / meters["_" + denominator].sum, digits))
 
     # ------------------------------------------------------------------ generation
-    def sequence_generator(self, models, gen_args: dict):
-        """A beam-search generator over `models` with `--eval-args`-style options (decoding starts from BOS)."""
+    def sequence_generator(self, models, gen_args: dict, allowed_tokens=None):
+        """A beam-search generator over `models` with `--eval-args`-style options (decoding starts from BOS).
+
+        `allowed_tokens(row, tokens)` optionally restricts each step to the returned token ids."""
+        from fairseq import search
         from fairseq.sequence_generator import SequenceGenerator
 
         args = Namespace(**gen_args)
+        strategy = (search.PrefixConstrainedBeamSearch(self.target_dictionary, allowed_tokens)
+                    if allowed_tokens is not None else None)
         return SequenceGenerator(
             models, self.target_dictionary, beam_size=getattr(args, "beam", 5),
             max_len_a=getattr(args, "max_len_a", 0), max_len_b=getattr(args, "max_len_b", 200),
             min_len=getattr(args, "min_len", 1), normalize_scores=not getattr(args, "unnormalized", False),
             len_penalty=getattr(args, "lenpen", 1), unk_penalty=getattr(args, "unkpen", 0),
             temperature=getattr(args, "temperature", 1.0),
-            no_repeat_ngram_size=getattr(args, "no_repeat_ngram_size", 0))
+            no_repeat_ngram_size=getattr(args, "no_repeat_ngram_size", 0), search_strategy=strategy)
 
     def generate_text(self, model, sample, gen_args: dict):
         """Best hypothesis text per row of `sample`, decoding from BOS."""

@@ -1,0 +1,46 @@
+"""`snli_ve` rows (`uniq_id, image, hypothesis, caption, label`) -> visual entailment samples (OFA task)."""
+import torch
+
+from ..image import resize_transform
+from ..ofa_dataset import OFADataset
+from ..text import pre_caption
+
+LABEL_WORDS = {"contradiction": "no", "entailment": "yes", "neutral": "maybe"}
+
+
+class SnliVeDataset(OFADataset):
+    """Does the image entail the hypothesis? Answered yes / no / maybe after the `--prompt-type` prompt."""
+
+    def __init__(self, *args, trie=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trie = trie
+        self.transform = resize_transform(self.cfg.patch_image_size, self.cfg.imagenet_default_mean_and_std)
+
+    def build_item(self, index, fields):
+        if len(fields) < 5:
+            raise self.tsv.error(index, f"needs 5 columns (uniq_id, image, hypothesis, caption, label), "
+                                        f"has {len(fields)}")
+        image = self.transform(self.load_image(index, fields, 1))
+        hypothesis = pre_caption(self.require_text(index, fields, 2), self.cfg.max_src_length)
+        label = fields[4].strip().lower()
+        if label not in LABEL_WORDS and label not in LABEL_WORDS.values():
+            raise self.field_error(index, 4, f"label {label!r} is not contradiction, entailment or neutral")
+        answer = LABEL_WORDS.get(label, label)
+        if getattr(self.cfg, "add_caption", False):
+            caption = pre_caption(fields[3], self.cfg.max_src_length)
+            prompt_text = f' can image and text1 " {caption} " imply text2 " {hypothesis} "?'
+        else:
+            prompt_text = f' does the image describe " {hypothesis} "?'
+        src = self.with_bos_eos(self.encode(prompt_text))
+        answer_ids = self.encode(" " + answer)
+        prompt = self.decoder_prompt(src)
+        prev = torch.cat([prompt, answer_ids])
+        target = torch.cat([prompt[1:], answer_ids, torch.tensor([self.eos])])
+        target[: len(prompt) - 1] = self.pad
+        item = {"id": index, "uniq_id": fields[0], "source": src, "patch_image": image, "patch_mask": True,
+                "prev_output_tokens": prev, "target": target, "ref_dict": {answer: 1.0}, "decoder_prompt": prompt}
+        if self.trie is not None:
+            mask = torch.zeros(len(target), len(self.dictionary), dtype=torch.bool)
+            mask[len(prompt) - 1:] = self.trie.constraint_mask(answer_ids, self.bos, len(self.dictionary))
+            item["constraint_mask"] = mask
+        return item
