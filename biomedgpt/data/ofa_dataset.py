@@ -128,5 +128,20 @@ class OFADataset(FairseqDataset):
             return src[:-1]
         raise ValueError(f"--prompt-type must be none, src or prev_output, got {prompt_type!r}")
 
+    def answer_after_prompt(self, src: torch.Tensor, answer_ids: torch.Tensor, trie=None) -> Dict:
+        """Decoder side of a closed-answer sample: the `--prompt-type` prompt, then the answer and eos.
+
+        Loss falls only on the answer and eos (prompt targets are pad); with a trie, `constraint_mask` rows of the
+        answer positions list the allowed next tokens (prompt rows allow nothing)."""
+        prompt = self.decoder_prompt(src)
+        target = torch.cat([prompt[1:], answer_ids, torch.tensor([self.eos])])
+        target[: len(prompt) - 1] = self.pad
+        item = {"decoder_prompt": prompt, "prev_output_tokens": torch.cat([prompt, answer_ids]), "target": target}
+        if trie is not None:
+            mask = torch.zeros(len(target), len(self.dictionary), dtype=torch.bool)
+            mask[len(prompt) - 1:] = trie.constraint_mask(answer_ids, self.bos, len(self.dictionary))
+            item["constraint_mask"] = mask
+        return item
+
     def with_bos_eos(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.tensor([self.bos]), ids, torch.tensor([self.eos])])

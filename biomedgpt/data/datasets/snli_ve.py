@@ -1,6 +1,4 @@
 """`snli_ve` rows (`uniq_id, image, hypothesis, caption, label`) -> visual entailment samples (OFA task)."""
-import torch
-
 from ..image import resize_transform
 from ..ofa_dataset import OFADataset
 from ..text import pre_caption
@@ -33,14 +31,5 @@ class SnliVeDataset(OFADataset):
             prompt_text = f' does the image describe " {hypothesis} "?'
         src = self.with_bos_eos(self.encode(prompt_text))
         answer_ids = self.encode(" " + answer)
-        prompt = self.decoder_prompt(src)
-        prev = torch.cat([prompt, answer_ids])
-        target = torch.cat([prompt[1:], answer_ids, torch.tensor([self.eos])])
-        target[: len(prompt) - 1] = self.pad
-        item = {"id": index, "uniq_id": fields[0], "source": src, "patch_image": image, "patch_mask": True,
-                "prev_output_tokens": prev, "target": target, "ref_dict": {answer: 1.0}, "decoder_prompt": prompt}
-        if self.trie is not None:
-            mask = torch.zeros(len(target), len(self.dictionary), dtype=torch.bool)
-            mask[len(prompt) - 1:] = self.trie.constraint_mask(answer_ids, self.bos, len(self.dictionary))
-            item["constraint_mask"] = mask
-        return item
+        return {"id": index, "uniq_id": fields[0], "source": src, "patch_image": image, "patch_mask": True,
+                "ref_dict": {answer: 1.0}, **self.answer_after_prompt(src, answer_ids, self.trie)}

@@ -38,15 +38,5 @@ class VqaGenDataset(OFADataset):
             src_ids = torch.cat([src_ids, self.encode(" object: " + " ".join(objects))])
         src = self.with_bos_eos(src_ids)
         answer_ids = self.encode(" " + answer, length=self.cfg.max_tgt_length)
-        prompt = self.decoder_prompt(src)
-        prev = torch.cat([prompt, answer_ids])
-        target = torch.cat([prompt[1:], answer_ids, torch.tensor([self.eos])])
-        target[: len(prompt) - 1] = self.pad
-        item = {"id": index, "uniq_id": fields[0], "source": src, "patch_image": image, "patch_mask": True,
-                "prev_output_tokens": prev, "target": target, "conf": conf, "ref_dict": ref_dict,
-                "decoder_prompt": prompt}
-        if self.trie is not None:
-            mask = torch.zeros(len(target), len(self.dictionary), dtype=torch.bool)
-            mask[len(prompt) - 1:] = self.trie.constraint_mask(answer_ids, self.bos, len(self.dictionary))
-            item["constraint_mask"] = mask
-        return item
+        return {"id": index, "uniq_id": fields[0], "source": src, "patch_image": image, "patch_mask": True,
+                "conf": conf, "ref_dict": ref_dict, **self.answer_after_prompt(src, answer_ids, self.trie)}
