@@ -96,9 +96,9 @@ def build_task(data: str, patch_image_size: int):
 def one_pass(task, dataset, batch_size: int, workers: int, epoch: int):
     """One epoch as fairseq-train runs it: a new epoch iterator (new workers), every batch collated.
 
-    Returns (seconds, seconds to the first batch, samples seen, CPU seconds of this process and its workers).
-    The CPU time is read after the workers have been shut down and reaped, so it includes theirs."""
-    cpu_start = cpu_seconds()
+    Returns (seconds, seconds to the first batch, samples seen, CPU seconds of the pass: this process's during
+    the iteration, plus its workers', read once they have been shut down and reaped)."""
+    main_cpu_start, workers_cpu_start = cpu_seconds(children=False), cpu_seconds(own=False)
     start = time.perf_counter()
     epoch_itr = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size, seed=1, num_workers=workers,
                                         epoch=epoch, disable_iterator_cache=True)
@@ -109,15 +109,26 @@ def one_pass(task, dataset, batch_size: int, workers: int, epoch: int):
             first = time.perf_counter() - start
         samples += batch["nsentences"]
     seconds = time.perf_counter() - start
-    del itr, epoch_itr, batch
-    gc.collect()  # shut this pass's (persistent) workers down before the next pass forks new ones
-    return seconds, first, samples, cpu_seconds() - cpu_start
+    main_cpu = cpu_seconds(children=False) - main_cpu_start
+    # Shut this pass's (persistent) workers down before the next pass forks new ones. Left to the garbage
+    # collector, the iterator dies inside a reference cycle, its index queue may be closed before the stop
+    # sentinel is sent, and every worker then waits out torch's 5 s join timeout.
+    loader_itr = getattr(itr, "_itr", None)
+    if hasattr(loader_itr, "_shutdown_workers"):
+        loader_itr._shutdown_workers()
+    del itr, epoch_itr, batch, loader_itr
+    gc.collect()
+    return seconds, first, samples, main_cpu + cpu_seconds(own=False) - workers_cpu_start
 
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process and of its reaped children (DataLoader workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def cpu_seconds(own: bool = True, children: bool = True) -> float:
+    """User + system CPU seconds of this process and/or of its reaped children (DataLoader workers)."""
+    total = 0.0
+    for who, wanted in ((resource.RUSAGE_SELF, own), (resource.RUSAGE_CHILDREN, children)):
+        if wanted:
+            usage = resource.getrusage(who)
+            total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def machine_info() -> dict:

@@ -89,3 +89,18 @@ def test_reference_schedule_flags_derive_total_updates_from_max_epoch(tmp_path):
     lrs = [float(x) for x in re.findall(r"\| train_inner \|.*? lr=([\d.e-]+)", log)]
     # 2 batches per epoch x 2 epochs = 4 updates, warmup int(4 * 0.25) = 1: lr 1e-3, then linear decay to 0
     assert lrs == pytest.approx([1e-3, 2 / 3 * 1e-3, 1 / 3 * 1e-3, 0.0], abs=1e-9), log[-2000:]
+
+
+@pytest.mark.slow
+def test_from_scratch_with_a_sentencepiece_vocabulary(tmp_path):
+    """`biomedgpt-train-spm` on the training TSV, then `--bpe-dir` with spm.model + dict.txt (no GPT-2 files)."""
+    from biomedgpt.cli.train_spm import main as train_spm
+
+    data = write_task_data(str(tmp_path), "vqa_gen")
+    spm_dir = tmp_path / "spm"
+    assert train_spm(["--input", data.split(",")[0], "--tsv-cols", "2,3", "--vocab-size", "28",
+                      "--output-dir", str(spm_dir), "--lowercase"]) == 0
+    log = fairseq_train(data, "vqa_gen", tmp_path / "ckpt", max_update=3, extra=["--bpe-dir", str(spm_dir)])
+    assert re.search(r"OFA dictionary: (\d+) symbols", log) and "59457" not in re.search(
+        r"OFA dictionary: (\d+) symbols", log).group(1)
+    assert re.search(r"valid on 'valid' subset \|.* vqa_score [\d.]+", log), log[-3000:]

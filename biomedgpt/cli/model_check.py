@@ -77,7 +77,7 @@ def greedy_decode(model, net_input, steps: int, no_repeat: bool = False):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="ofa_tiny", help="architecture to build (default ofa_tiny)")
-    parser.add_argument("--bpe-dir", default=None, help="GPT-2 BPE folder (default: packaged files)")
+    parser.add_argument("--bpe-dir", default=None, help="BPE folder, GPT-2 or SentencePiece (default: the packaged GPT-2 files)")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--question", default="what does the image describe?")
     parser.add_argument("--steps", type=int, default=8, help="greedy decoding steps")

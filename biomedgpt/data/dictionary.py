@@ -20,7 +20,7 @@ def build_ofa_dictionary(bpe_dir=None, code_dict_size: int = 8192, num_bins: int
     path = os.path.join(resolve_bpe_dir(bpe_dir), "dict.txt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--bpe-dir: no dictionary file {path} (expected dict.txt next to encoder.json "
-                                f"and vocab.bpe)")
+                                f"and vocab.bpe, or next to spm.model)")
     dictionary = Dictionary.load(path)
     dictionary.add_symbol("<mask>")
     for i in range(code_dict_size):

@@ -7,7 +7,6 @@ must never hard-code data paths: everything comes from `--data`, `--bpe-dir` and
 import inspect
 import json
 import logging
-import os
 from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Optional
@@ -16,12 +15,12 @@ import torch
 from omegaconf import II
 
 from fairseq import utils
-from fairseq.data.encoders.gpt2_bpe import GPT2BPE, GPT2BPEConfig
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import FairseqTask, register_task
 
+from ..data.bpe import build_bpe as build_text_bpe
 from ..data.dictionary import build_ofa_dictionary, resolve_bpe_dir
 from ..data.text import TextEncoder
 from ..data.tsv import IndexedTSV, parse_selected_cols
@@ -36,7 +35,8 @@ class OFAConfig(FairseqDataclass):
         "help": "comma-separated TSV files: training files (rotated by epoch), the last one is validation"})
     selected_cols: Optional[str] = field(default=None, metadata={"help": "comma-separated TSV column indices"})
     bpe_dir: Optional[str] = field(default=None, metadata={
-        "help": "folder with dict.txt, encoder.json and vocab.bpe (default: the GPT-2 files packaged with biomedgpt)"})
+        "help": "folder with dict.txt and either encoder.json + vocab.bpe (GPT-2 BPE) or spm.model (SentencePiece, "
+                "see biomedgpt-train-spm) (default: the GPT-2 files packaged with biomedgpt)"})
     max_source_positions: int = field(default=1024, metadata={"help": "max encoder positions"})
     max_target_positions: int = field(default=1024, metadata={"help": "max decoder positions"})
     max_src_length: int = field(default=128, metadata={"help": "max source length (BPE tokens / words)"})
@@ -65,7 +65,7 @@ def parse_json_arg(value: str, name: str) -> dict:
 
 @register_task("ofa", dataclass=OFAConfig)
 class OFATask(FairseqTask):
-    """Base of the BiomedGPT tasks: the OFA dictionary (source = target), the GPT-2 BPE and TSV loading."""
+    """Base of the BiomedGPT tasks: the OFA dictionary (source = target), the BPE and TSV loading."""
 
     cfg: OFAConfig
     dataset_class = None  # set by concrete tasks
@@ -85,13 +85,8 @@ class OFATask(FairseqTask):
         return cls(cfg, dictionary, dictionary)
 
     def build_bpe(self, cfg=None):
-        """The GPT-2 byte-level BPE from `--bpe-dir` (no download)."""
-        bpe_dir = resolve_bpe_dir(self.cfg.bpe_dir)
-        paths = {name: os.path.join(bpe_dir, name) for name in ("encoder.json", "vocab.bpe")}
-        missing = [p for p in paths.values() if not os.path.isfile(p)]
-        if missing:
-            raise FileNotFoundError(f"--bpe-dir {bpe_dir}: missing {', '.join(missing)}")
-        return GPT2BPE(GPT2BPEConfig(gpt2_encoder_json=paths["encoder.json"], gpt2_vocab_bpe=paths["vocab.bpe"]))
+        """The tokenizer of `--bpe-dir`: GPT-2 byte-level BPE or SentencePiece, chosen by the files (no download)."""
+        return build_text_bpe(resolve_bpe_dir(self.cfg.bpe_dir))
 
     # ------------------------------------------------------------------ data
     def data_paths(self):
