@@ -104,3 +104,19 @@ def test_from_scratch_with_a_sentencepiece_vocabulary(tmp_path):
     assert re.search(r"OFA dictionary: (\d+) symbols", log) and "59457" not in re.search(
         r"OFA dictionary: (\d+) symbols", log).group(1)
     assert re.search(r"valid on 'valid' subset \|.* vqa_score [\d.]+", log), log[-3000:]
+
+
+@pytest.mark.slow
+def test_training_files_rotate_by_epoch_and_workers_read_by_index(tmp_path):
+    """`DATA=a.tsv,b.tsv,valid.tsv`: epoch 1 reads a.tsv, epoch 2 b.tsv; two DataLoader workers per split."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_task_data(str(tmp_path / "a"), "mnli", train=8)
+    second = write_task_data(str(tmp_path / "b"), "mnli", train=16)
+    data = ",".join([first.split(",")[0], second.split(",")[0], first.split(",")[1]])
+    log = fairseq_train(data, "mnli", tmp_path / "ckpt", max_update=None, extra=[
+        "--max-epoch", "2", "--num-workers", "2", "--validate-interval-updates", "0"])
+    loads = re.findall(r"train: (\d+) rows from (\S+)", log)
+    order = [(rows, os.path.basename(os.path.dirname(path))) for rows, path in loads]
+    assert order[:3] == [("8", "a"), ("16", "b"), ("8", "a")][: len(order)] and len(order) >= 2  # a, b, a, ...
+    assert "epoch 002" in log and "num_updates=3" in log  # 1 batch in epoch 1, 2 batches in epoch 2
