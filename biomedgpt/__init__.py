@@ -8,6 +8,6 @@ from . import compat
 
 compat.apply()
 
-from . import criterions, models, optim, tasks  # noqa: E402,F401  (registration side effects)
+from . import criterions, models, optim, scoring, tasks  # noqa: E402,F401  (registration side effects)
 
 __version__ = "0.1.0"

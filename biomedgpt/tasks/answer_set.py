@@ -17,13 +17,14 @@ class AnswerSetTask(OFATask):
         super().__init__(cfg, src_dict, tgt_dict)
         self.uses_ema = getattr(cfg, "uses_ema", False)
         self.gen_args = parse_json_arg(getattr(cfg, "eval_args", "{}"), "eval_args")
-        self.answers, self.trie, self.scorer = None, None, None
+        self.answers, self.trie, self.scorer = None, None, None  # `answer_trie` (base class) follows `trie`
         if self.constrained:
             self.answers = list(load_ans2label(cfg.ans2label_dict, getattr(cfg, "ans2label_file", None)))
             self.trie = Trie(tgt_dict.eos())
             for answer in self.answers:
                 self.trie.insert([tgt_dict.bos()] + self.text.encode(" " + answer).tolist() + [tgt_dict.eos()])
             self.scorer = CandidateScorer(self.answers, self.text, self.trie, getattr(cfg, "valid_batch_size", 20))
+            self.answer_trie = self.trie
 
     def predict(self, model, sample):
         """Answer strings per row: all-candidate scoring, or beam search when `--val-inference-type beamsearch`."""
@@ -32,22 +33,8 @@ class AnswerSetTask(OFATask):
         return self.beam_answers(model, sample)
 
     def beam_answers(self, model, sample):
-        """Beam search after each row's decoder prompt, restricted to the answer trie when there is one.
-
-        fairseq's stock search masks after the softmax; the plugin generator (a later issue) will renormalise
-        over the allowed tokens as the reference does."""
-        prompts = [list(p) for p in sample["decoder_prompts"]]
-        trie, bos = self.trie, self.tgt_dict.bos()
-
-        def allowed(row, tokens):  # tokens: bos + prompt[1:] + the answer so far
-            prompt = prompts[row]
-            if len(tokens) < len(prompt):  # still inside the (forced) decoder prompt
-                return [prompt[len(tokens)]]
-            return trie.next_tokens([bos] + tokens[len(prompt):].tolist())
-
-        generator = self.sequence_generator([model], self.gen_args, allowed if trie is not None else None)
-        hypos = generator.generate([model], sample, prefix_tokens=sample["prefix_tokens"], bos_token=bos)
-        return [self.text.decode(h[0]["tokens"][len(prompts[row]) - 1:]) for row, h in enumerate(hypos)]
+        """Beam search after each row's decoder prompt, restricted to the answer trie (before the softmax)."""
+        return self.generate_text(model, sample, self.gen_args)
 
     def add_valid_metrics(self, sample, model, logging_output):
         predictions = self.predict(model, sample)

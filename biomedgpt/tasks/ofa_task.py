@@ -24,6 +24,7 @@ from ..data.bpe import build_bpe as build_text_bpe
 from ..data.dictionary import build_ofa_dictionary, resolve_bpe_dir
 from ..data.text import TextEncoder
 from ..data.tsv import IndexedTSV, parse_selected_cols
+from ..generation.sequence_generator import OFASequenceGenerator
 from ..optim.polynomial_decay_ratio import set_train_batches_per_epoch
 
 logger = logging.getLogger(__name__)
@@ -168,28 +169,39 @@ class OFATask(FairseqTask):
             scale * meters["_" + numerator].sum / meters["_" + denominator].sum, digits))
 
     # ------------------------------------------------------------------ generation
-    def sequence_generator(self, models, gen_args: dict, allowed_tokens=None):
-        """A beam-search generator over `models` with `--eval-args`-style options (decoding starts from BOS).
+    answer_trie = None  # closed-answer tasks set the trie that constrains generation
 
-        `allowed_tokens(row, tokens)` optionally restricts each step to the returned token ids."""
-        from fairseq import search
-        from fairseq.sequence_generator import SequenceGenerator
-
+    def sequence_generator(self, models, gen_args: dict, constraint_range=None):
+        """The plugin generator over `models` with `--eval-args`-style options (validation-time decoding)."""
         args = Namespace(**gen_args)
-        strategy = (search.PrefixConstrainedBeamSearch(self.target_dictionary, allowed_tokens)
-                    if allowed_tokens is not None else None)
-        return SequenceGenerator(
+        return OFASequenceGenerator(
             models, self.target_dictionary, beam_size=getattr(args, "beam", 5),
             max_len_a=getattr(args, "max_len_a", 0), max_len_b=getattr(args, "max_len_b", 200),
             min_len=getattr(args, "min_len", 1), normalize_scores=not getattr(args, "unnormalized", False),
             len_penalty=getattr(args, "lenpen", 1), unk_penalty=getattr(args, "unkpen", 0),
             temperature=getattr(args, "temperature", 1.0),
-            no_repeat_ngram_size=getattr(args, "no_repeat_ngram_size", 0), search_strategy=strategy)
+            no_repeat_ngram_size=getattr(args, "no_repeat_ngram_size", 0), constraint_trie=self.answer_trie,
+            constraint_range=constraint_range or self.cfg.constraint_range)
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        """fairseq's generator choice (beam, sampling, diverse beam, ...) on the plugin generator: BOS start,
+        answer-trie / `--constraint-range` masks before the softmax, `--zero-shot` masks after it."""
+        extra = {"constraint_trie": self.answer_trie, "constraint_range": self.cfg.constraint_range,
+                 "zero_shot": getattr(args, "zero_shot", False), **(extra_gen_cls_kwargs or {})}
+        return super().build_generator(models, args, seq_gen_cls=seq_gen_cls or OFASequenceGenerator,
+                                       extra_gen_cls_kwargs=extra, **kwargs)
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """Decode with the task's decoder prompts (`sample["prefix_tokens"]`) when the batch carries them."""
+        if prefix_tokens is None:
+            prefix_tokens = sample.get("prefix_tokens")
+        with torch.no_grad():
+            return generator.generate(models, sample, prefix_tokens=prefix_tokens, constraints=constraints)
 
     def generate_text(self, model, sample, gen_args: dict):
-        """Best hypothesis text per row of `sample`, decoding from BOS."""
+        """Best hypothesis text per row of `sample` (after its decoder prompt, if any)."""
         generator = self.sequence_generator([model], gen_args)
-        hypos = generator.generate([model], sample, bos_token=self.target_dictionary.bos())
+        hypos = self.inference_step(generator, [model], sample)
         return [self.text.decode(h[0]["tokens"]) for h in hypos]
 
     # ------------------------------------------------------------------ sizes and dictionaries

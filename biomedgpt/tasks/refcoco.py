@@ -38,11 +38,9 @@ class RefcocoTask(OFATask):
 
     def predict_boxes(self, model, sample) -> torch.Tensor:
         """Greedy/beam decoding restricted to the location tokens; boxes in original-image pixels `[B, 4]`."""
-        bins = list(range(self.first_bin, len(self.tgt_dict)))
-        eos = self.tgt_dict.eos()
         gen_args = dict(self.gen_args, max_len_a=0, max_len_b=4, min_len=4)
-        generator = self.sequence_generator([model], gen_args, lambda row, tokens: bins if len(tokens) <= 4 else [eos])
-        hypos = generator.generate([model], sample, bos_token=self.tgt_dict.bos())
+        generator = self.sequence_generator([model], gen_args, constraint_range=(self.first_bin, len(self.tgt_dict)))
+        hypos = self.inference_step(generator, [model], sample)
         tokens = torch.stack([h[0]["tokens"][:4] for h in hypos]).cpu()
         coords = dequantize(tokens - self.first_bin, self.cfg.max_image_size, self.cfg.num_bins).float()
         ratios = sample["resize_ratios"].cpu()
