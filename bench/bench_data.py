@@ -76,7 +76,8 @@ def write_vqa_tsv(path: str, rows: int, image_size: int, seed: int = 0) -> dict:
             question = QUESTIONS[int(rng.integers(len(QUESTIONS)))]
             handle.write("\t".join([str(i), f"img{i}", question, answers, "", image]) + "\n")
     return {"rows": rows, "image_side": image_size, "image_format": "JPEG q90",
-            "mean_image_kb": round(float(np.mean(jpeg_bytes)) / 1024, 1), "tsv_mb": round(os.path.getsize(path) / 2 ** 20, 1)}
+            "mean_image_kb": round(float(np.mean(jpeg_bytes)) / 1024, 1),
+            "tsv_mb": round(os.path.getsize(path) / 2 ** 20, 1)}
 
 
 def build_task(data: str, patch_image_size: int):
@@ -110,9 +111,9 @@ def one_pass(task, dataset, batch_size: int, workers: int, epoch: int):
         samples += batch["nsentences"]
     seconds = time.perf_counter() - start
     main_cpu = cpu_seconds(children=False) - main_cpu_start
-    # Shut this pass's (persistent) workers down before the next pass forks new ones. Left to the garbage
-    # collector, the iterator dies inside a reference cycle, its index queue may be closed before the stop
-    # sentinel is sent, and every worker then waits out torch's 5 s join timeout.
+    # Shut this pass's (persistent) workers down before the next pass forks new ones (outside the timing).
+    # Left to `del` + gc.collect() here, each worker was seen idling in its index queue until torch's 5 s
+    # join timeout, which only lengthened the benchmark (fairseq-train itself showed no such stall).
     loader_itr = getattr(itr, "_itr", None)
     if hasattr(loader_itr, "_shutdown_workers"):
         loader_itr._shutdown_workers()

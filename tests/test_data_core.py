@@ -59,7 +59,8 @@ def test_reader_survives_pickling_for_workers(tmp_path):
 def test_missing_column_names_file_line_and_count(tmp_path):
     path = write(tmp_path / "bad.tsv", [["a", "b", "c"], ["only-one"]])
     tsv = IndexedTSV(path, selected_cols=[0, 2])
-    with pytest.raises(DataError, match=r"bad\.tsv, line 2: has 1 columns, but --selected-cols 0,2 needs"):
+    with pytest.raises(DataError, match=r"bad\.tsv, line 2, column '2': missing: the row has 1 columns, but "
+                                        r"--selected-cols 0,2 needs"):
         tsv[1]
 
 

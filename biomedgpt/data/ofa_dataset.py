@@ -43,7 +43,7 @@ class OFADataset(FairseqDataset):
         self.seed = seed
         self.epoch = 1
         self.skip_invalid_rows = skip_invalid_rows
-        self.skipped_rows = 0
+        self.skipped_indices = set()
 
     # ------------------------------------------------------------------ fairseq dataset protocol
     def __len__(self) -> int:
@@ -61,6 +61,11 @@ class OFADataset(FairseqDataset):
             raise ValueError("OFA tasks batch by rows: give --batch-size (and --batch-size-valid if needed); "
                              "--max-tokens alone is not supported")
         return [indices[i: i + max_sentences] for i in range(0, len(indices), max_sentences)]
+
+    @property
+    def skipped_rows(self) -> int:
+        """Distinct rows skipped so far by this process (`--skip-invalid-rows`)."""
+        return len(self.skipped_indices)
 
     def filter_indices_by_size(self, indices, max_sizes):
         return indices, []  # lengths are capped when encoding (--max-src-length / --max-tgt-length)
@@ -83,8 +88,10 @@ class OFADataset(FairseqDataset):
         except DataError as exc:
             if not self.skip_invalid_rows:
                 raise
-            self.skipped_rows += 1
-            logger.warning(f"skipping invalid row ({self.skipped_rows} skipped in this process so far): {exc}")
+            if index not in self.skipped_indices:  # fairseq may read a row twice (dry run, dummy batch)
+                self.skipped_indices.add(index)
+                logger.warning(f"skipping invalid row ({self.skipped_rows} distinct rows skipped in this process "
+                               f"so far): {exc}")
             return None
 
     def collater(self, samples: List[Optional[Dict]]) -> Dict:

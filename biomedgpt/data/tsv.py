@@ -118,8 +118,9 @@ class IndexedTSV:
             return fields
         needed = max(self.selected_cols) + 1
         if len(fields) < needed:
-            raise self.error(index, f"has {len(fields)} columns, but --selected-cols "
-                                    f"{','.join(map(str, self.selected_cols))} needs at least {needed}")
+            missing = next(pos for pos, col in enumerate(self.selected_cols) if col >= len(fields))
+            raise self.error(index, f"missing: the row has {len(fields)} columns, but --selected-cols "
+                                    f"{','.join(map(str, self.selected_cols))} needs at least {needed}", missing)
         return [fields[i] for i in self.selected_cols]
 
 

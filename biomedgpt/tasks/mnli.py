@@ -23,7 +23,7 @@ class MNLITask(AnswerSetTask):
     column_names = ["sentence1", "sentence2", "label"]
 
     def dataset_class(self, *args, **kwargs):
-        return NLIDataset(*args, trie=self.trie, **kwargs)
+        return NLIDataset(*args, trie=self.trie, answers=set(self.answers), **kwargs)
 
     def predict(self, model, sample):
         """Answer per row: the constrained argmax at the last non-pad decoder position (one forward pass)."""

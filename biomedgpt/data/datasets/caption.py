@@ -18,7 +18,7 @@ class CaptionDataset(OFADataset):
 
     def build_item(self, index, fields):
         if len(fields) < 3:
-            raise self.tsv.error(index, f"needs 3 columns (uniq_id, image, caption), has {len(fields)}")
+            raise self.field_error(index, len(fields), f"needs 3 columns (uniq_id, image, caption), has {len(fields)}")
         uniq_id = fields[0]
         image = self.transform(self.load_image(index, fields, 1))
         caption = self.require_text(index, fields, 2)

@@ -28,7 +28,7 @@ class ImageClassifyDataset(OFADataset):
 
     def build_item(self, index, fields):
         if len(fields) < 2:
-            raise self.tsv.error(index, f"needs 2 columns (image, label_name), has {len(fields)}")
+            raise self.field_error(index, len(fields), f"needs 2 columns (image, label_name), has {len(fields)}")
         image = self.transform(self.load_image(index, fields, 0))
         label = self.require_text(index, fields, 1).strip()
         if self.answers is not None and label not in self.answers:

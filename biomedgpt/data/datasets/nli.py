@@ -11,18 +11,22 @@ class NLIDataset(OFADataset):
     """Premise/hypothesis in the NLI prompt. The decoder reads the `--prompt-type` prompt and predicts one
     answer token (` yes`, ` no`, ` maybe`) at its last position; every other target position is pad."""
 
-    def __init__(self, *args, trie=None, **kwargs):
+    def __init__(self, *args, trie=None, answers=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.trie = trie
+        self.trie, self.answers = trie, answers
 
     def build_item(self, index, fields):
         if len(fields) < 3:
-            raise self.tsv.error(index, f"needs 3 columns (sentence1, sentence2, label), has {len(fields)}")
+            raise self.field_error(index, len(fields),
+                                   f"needs 3 columns (sentence1, sentence2, label), has {len(fields)}")
         words = self.cfg.max_src_length
         first = " ".join(self.require_text(index, fields, 0).lower().split()[:words])
         second = " ".join(self.require_text(index, fields, 1).lower().split()[:words])
-        label = fields[2].strip()
+        label = self.require_text(index, fields, 2).strip()
         answer = LABEL_WORDS.get(label.lower(), label.lower())
+        if self.answers is not None and answer not in self.answers:
+            raise self.field_error(index, 2, f"label {label!r} (answer {answer!r}) is not one of "
+                                             f"{sorted(self.answers)}")
         answer_ids = self.encode(" " + answer)
         if len(answer_ids) != 1:
             raise self.field_error(index, 2, f"label {label!r} (answer {answer!r}) is not a single token")

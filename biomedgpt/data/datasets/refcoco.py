@@ -34,7 +34,8 @@ class RefcocoDataset(OFADataset):
 
     def build_item(self, index, fields):
         if len(fields) < 4:
-            raise self.tsv.error(index, f"needs 4 columns (uniq_id, image, text, region), has {len(fields)}")
+            raise self.field_error(index, len(fields),
+                                   f"needs 4 columns (uniq_id, image, text, region), has {len(fields)}")
         image = self.load_image(index, fields, 1)
         text = pre_caption(self.require_text(index, fields, 2), self.cfg.max_src_length)
         try:

@@ -16,7 +16,7 @@ class SnliVeDataset(OFADataset):
 
     def build_item(self, index, fields):
         if len(fields) < 5:
-            raise self.tsv.error(index, f"needs 5 columns (uniq_id, image, hypothesis, caption, label), "
+            raise self.field_error(index, len(fields), f"needs 5 columns (uniq_id, image, hypothesis, caption, label), "
                                         f"has {len(fields)}")
         image = self.transform(self.load_image(index, fields, 1))
         hypothesis = pre_caption(self.require_text(index, fields, 2), self.cfg.max_src_length)

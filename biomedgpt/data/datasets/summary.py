@@ -13,7 +13,7 @@ class SummaryDataset(OFADataset):
 
     def build_item(self, index, fields):
         if len(fields) < 2:
-            raise self.tsv.error(index, f"needs 2 columns (source, target), has {len(fields)}")
+            raise self.field_error(index, len(fields), f"needs 2 columns (source, target), has {len(fields)}")
         source = self.require_text(index, fields, 0)
         target = self.require_text(index, fields, 1)
         target_str = target.lower()

@@ -19,7 +19,8 @@ class VqaGenDataset(OFADataset):
 
     def build_item(self, index, fields):
         if len(fields) < 4:
-            raise self.tsv.error(index, f"needs at least 4 columns (question_id, image, question, answers), "
+            raise self.field_error(index, len(fields),
+                                   f"needs at least 4 columns (question_id, image, question, answers), "
                                         f"has {len(fields)}")
         image = self.transform(self.load_image(index, fields, 1))
         question = pre_question(self.require_text(index, fields, 2), self.cfg.max_src_length)
