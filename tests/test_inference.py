@@ -1,0 +1,45 @@
+"""One image, one question: the Python API and `biomedgpt-ask` on checkpoints trained by fairseq-train."""
+import base64
+
+import pytest
+
+from synthetic import image_b64, write_task_data
+from test_tasks_e2e import fairseq_train
+
+
+@pytest.fixture(scope="module")
+def vqa_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vqa")
+    data = write_task_data(str(folder), "vqa_gen")
+    fairseq_train(data, "vqa_gen", folder / "ckpt", max_update=12, lr="2e-3")
+    images = []
+    for colour in ("red", "green", "blue"):
+        path = folder / f"{colour}.png"
+        path.write_bytes(base64.b64decode(image_b64(colour, seed=99)))
+        images.append(str(path))
+    return str(folder / "ckpt" / "checkpoint_last.pt"), images
+
+
+@pytest.mark.slow
+def test_answer_and_answer_many_agree(vqa_checkpoint):
+    from biomedgpt.inference import load
+
+    path, images = vqa_checkpoint
+    model = load(path, device="cpu")
+    single = [model.answer(image, "what colour is the image?") for image in images]
+    batched = model.answer_many(images, ["what colour is the image?"] * 3, batch_size=2)
+    assert [a for a, _ in single] == [a for a, _ in batched]
+    for (answer, prob), (_, prob_batched) in zip(single, batched):
+        assert answer in {"red", "green", "blue"}
+        assert 0 < prob <= 1 and prob == pytest.approx(prob_batched, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ask_command_prints_answer_and_probability(vqa_checkpoint, capsys):
+    from biomedgpt.cli.ask import main
+
+    path, images = vqa_checkpoint
+    assert main(["--path", path, "--image", images[0], "--question", "what colour is the image?", "--cpu"]) == 0
+    image, answer, probability = capsys.readouterr().out.strip().split("\t")
+    assert image == images[0] and answer in {"red", "green", "blue"} and 0 < float(probability) <= 1
+    assert main(["--path", path, "--image", images[0] + ".missing", "--question", "x", "--cpu"]) == 2
