@@ -28,6 +28,7 @@ def _build_offsets(path: str) -> np.ndarray:
 
 def load_offsets(path: str, cache: bool = True) -> np.ndarray:
     """Byte offsets of the non-empty lines of `path` (cached beside it when the folder is writable)."""
+    path = os.fspath(path)
     stat = os.stat(path)
     stamp = np.asarray([stat.st_size, stat.st_mtime_ns], dtype=np.int64)
     cache_path = path + INDEX_SUFFIX
@@ -65,7 +66,7 @@ class IndexedTSV:
                  column_names: Optional[Sequence[str]] = None, separator: str = "\t", cache_index: bool = True):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"data file not found: {path}")
-        self.path = path
+        self.path = os.fspath(path)
         self.selected_cols = list(selected_cols) if selected_cols is not None else None
         self.column_names = list(column_names) if column_names is not None else None
         self.separator = separator
