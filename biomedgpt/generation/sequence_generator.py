@@ -101,8 +101,8 @@ class ConstrainedEnsemble(EnsembleModel):
 class OFASequenceGenerator(SequenceGenerator):
     """fairseq's `SequenceGenerator` with the OFA rules above.
 
-    Args (besides fairseq's): `constraint_trie` (answer trie), `constraint_range` (`"start,end"` or a tuple),
-    `zero_shot` (mask after the softmax, no prompt prefix).
+    Args (besides fairseq's): `constraint_trie` (answer trie; the beam is capped at the number of answers),
+    `constraint_range` (`"start,end"` or a tuple), `zero_shot` (mask after the softmax, no prompt prefix).
     """
 
     def __init__(self, models, tgt_dict, constraint_trie: Optional[Trie] = None, constraint_range=None,
@@ -111,6 +111,10 @@ class OFASequenceGenerator(SequenceGenerator):
         if isinstance(constraint_range, str) or constraint_range is None:
             constraint_range = parse_constraint_range(constraint_range)
         self.constraint_trie, self.constraint_range, self.zero_shot = constraint_trie, constraint_range, zero_shot
+        if constraint_trie is not None and constraint_trie.num_sequences > 0:
+            # a beam wider than the answer set could never fill up with finished answers (fairseq then fails
+            # with `step < max_len`), and the extra beams could only hold impossible continuations
+            self.beam_size = min(self.beam_size, constraint_trie.num_sequences)
         self.model = self._ensemble(models)
 
     def _ensemble(self, models):

@@ -11,11 +11,15 @@ class Trie:
     def __init__(self, eos: int):
         self.eos = eos
         self.root: Dict[int, dict] = {}
+        self.num_sequences = 0
 
     def insert(self, sequence: Iterable[int]) -> None:
-        node = self.root
+        node, new = self.root, False
         for token in sequence:
+            if int(token) not in node:
+                new = True
             node = node.setdefault(int(token), {})
+        self.num_sequences += int(new)
 
     def next_tokens(self, prefix: Iterable[int]) -> List[int]:
         node = self.root

@@ -4,27 +4,30 @@ all-candidate or beam-search validation and the `vqa_score`-style metric."""
 from ..data.answers import load_ans2label
 from ..generation.allcand import CandidateScorer
 from ..generation.trie import Trie
-from .ofa_task import OFATask, parse_json_arg
+from .ofa_task import OFATask
 
 
 class AnswerSetTask(OFATask):
     """Base for tasks answered from `--ans2label-dict` / `--ans2label-file`; subclasses set `metric_name`."""
 
     metric_name = "score"
-    constrained = True
 
-    def __init__(self, cfg, src_dict, tgt_dict):
-        super().__init__(cfg, src_dict, tgt_dict)
+    def configure(self):
+        super().configure()
+        cfg, tgt_dict = self.cfg, self.tgt_dict
         self.uses_ema = getattr(cfg, "uses_ema", False)
-        self.gen_args = parse_json_arg(getattr(cfg, "eval_args", "{}"), "eval_args")
-        self.answers, self.trie, self.scorer = None, None, None  # `answer_trie` (base class) follows `trie`
-        if self.constrained:
+        self.answers, self.trie, self.scorer, self.answer_trie = None, None, None, None
+        if self.is_constrained():
             self.answers = list(load_ans2label(cfg.ans2label_dict, getattr(cfg, "ans2label_file", None)))
             self.trie = Trie(tgt_dict.eos())
             for answer in self.answers:
                 self.trie.insert([tgt_dict.bos()] + self.text.encode(" " + answer).tolist() + [tgt_dict.eos()])
             self.scorer = CandidateScorer(self.answers, self.text, self.trie, getattr(cfg, "valid_batch_size", 20))
             self.answer_trie = self.trie
+
+    def is_constrained(self) -> bool:
+        """Whether answers come from a closed set (`--ans2label-*`)."""
+        return True
 
     def predict(self, model, sample):
         """Answer strings per row: all-candidate scoring, or beam search when `--val-inference-type beamsearch`."""

@@ -8,7 +8,7 @@ from fairseq.tasks import register_task
 from ..data.datasets.caption import CaptionDataset
 from ..data.text import strip_punctuation
 from ..metrics.text_metrics import cider_d, load_cider_document_frequency
-from .ofa_task import OFAConfig, OFATask, parse_json_arg
+from .ofa_task import OFAConfig, OFATask
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,9 @@ class CaptionTask(OFATask):
     dataset_class = CaptionDataset
     column_names = ["uniq_id", "image", "caption"]
 
-    def __init__(self, cfg, src_dict, tgt_dict):
-        super().__init__(cfg, src_dict, tgt_dict)
-        self.gen_args = parse_json_arg(cfg.eval_args, "eval_args")
+    def configure(self):
+        super().configure()
+        cfg = self.cfg
         self.cider_df = (load_cider_document_frequency(cfg.eval_cider_cached_tokens)
                          if cfg.eval_cider and cfg.eval_cider_cached_tokens else None)
 

@@ -6,7 +6,7 @@ from fairseq.tasks import register_task
 
 from ..data.datasets.summary import SummaryDataset
 from ..metrics.text_metrics import gigaword_hypothesis, rouge_scores
-from .ofa_task import OFAConfig, OFATask, parse_json_arg
+from .ofa_task import OFAConfig, OFATask
 
 logger = logging.getLogger(__name__)
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
@@ -26,10 +26,6 @@ class GigawordConfig(OFAConfig):
 class GigawordTask(OFATask):
     dataset_class = SummaryDataset
     column_names = ["source", "target"]
-
-    def __init__(self, cfg, src_dict, tgt_dict):
-        super().__init__(cfg, src_dict, tgt_dict)
-        self.gen_args = parse_json_arg(cfg.eval_args, "eval_args")
 
     def add_valid_metrics(self, sample, model, logging_output):
         if not self.cfg.eval_rouge:

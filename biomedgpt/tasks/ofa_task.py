@@ -4,6 +4,7 @@ loading and the training/validation glue.
 Concrete tasks (caption, vqa_gen, ...) set `dataset_class` and add their validation metric. This module
 must never hard-code data paths: everything comes from `--data`, `--bpe-dir` and `--selected-cols`.
 """
+import dataclasses
 import inspect
 import json
 import logging
@@ -76,8 +77,35 @@ class OFATask(FairseqTask):
         super().__init__(cfg)
         self.src_dict = src_dict
         self.tgt_dict = tgt_dict
+        self.configure()
+
+    def configure(self) -> None:
+        """Derive everything that depends on the task config (BPE, generation args; subclasses add answer
+        sets, tries, ...). Called at construction and again when a checkpoint's settings are adopted."""
         self.bpe = self.build_bpe()
-        self.text = TextEncoder(self.bpe, src_dict)
+        self.text = TextEncoder(self.bpe, self.src_dict)
+        self.gen_args = parse_json_arg(getattr(self.cfg, "eval_args", "{}"), "eval_args")
+
+    def adopt_checkpoint_config(self, saved) -> None:
+        """Take the checkpoint's task settings for every field the command line left at its default.
+
+        `fairseq-generate` builds the task from the command line; the reference's evaluation took the task
+        settings (answer set, image size, prompt type, ...) from the checkpoint. `data` always comes from the
+        command line; `--model-overrides` are already applied to `saved` by fairseq."""
+        from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+        defaults = TASK_DATACLASS_REGISTRY[self.cfg._name]()
+        adopted = []
+        for spec in dataclasses.fields(defaults):
+            name = spec.name
+            if name in ("_name", "data", "seed") or name not in saved:
+                continue
+            if getattr(self.cfg, name, None) == getattr(defaults, name) and saved[name] != getattr(self.cfg, name):
+                setattr(self.cfg, name, saved[name])
+                adopted.append(name)
+        if adopted:
+            logger.info(f"task settings taken from the checkpoint: {', '.join(adopted)}")
+            self.configure()
 
     @classmethod
     def setup_task(cls, cfg: OFAConfig, **kwargs):
@@ -107,7 +135,9 @@ class OFATask(FairseqTask):
     def has_sharded_data(self, split: str) -> bool:
         return split == "train" and len(self.data_paths()) > 2  # reload each epoch to rotate training files
 
-    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, task_cfg=None, **kwargs):
+        if task_cfg is not None and task_cfg is not self.cfg:  # fairseq-generate passes the checkpoint's
+            self.adopt_checkpoint_config(task_cfg)
         if self.dataset_class is None:
             raise ValueError(f"task 'ofa' has no data of its own (asked for split {split!r}): use a concrete task "
                              f"such as caption, vqa_gen, image_classify, gigaword or mnli")

@@ -6,7 +6,7 @@ import torch
 from fairseq.tasks import register_task
 
 from ..data.datasets.refcoco import RefcocoDataset, dequantize
-from .ofa_task import OFAConfig, OFATask, parse_json_arg
+from .ofa_task import OFAConfig, OFATask
 
 
 @dataclass
@@ -31,10 +31,9 @@ class RefcocoTask(OFATask):
     dataset_class = RefcocoDataset
     column_names = ["uniq_id", "image", "text", "region"]
 
-    def __init__(self, cfg, src_dict, tgt_dict):
-        super().__init__(cfg, src_dict, tgt_dict)
-        self.gen_args = parse_json_arg(cfg.eval_args, "eval_args")
-        self.first_bin = len(tgt_dict) - cfg.num_bins
+    def configure(self):
+        super().configure()
+        self.first_bin = len(self.tgt_dict) - self.cfg.num_bins
 
     def predict_boxes(self, model, sample) -> torch.Tensor:
         """Greedy/beam decoding restricted to the location tokens; boxes in original-image pixels `[B, 4]`."""

@@ -30,13 +30,16 @@ class VqaGenTask(AnswerSetTask):
     metric_name = "vqa_score"
     column_names = ["question_id", "image", "question", "answers", "objects"]
 
-    def __init__(self, cfg, src_dict, tgt_dict):
-        self.constrained = not cfg.unconstrained_training
+    def configure(self):
+        cfg = self.cfg
         if cfg.unconstrained_training and cfg.val_inference_type != "beamsearch":
             raise ValueError("--unconstrained-training needs --val-inference-type beamsearch (no answer set to score)")
         if cfg.val_inference_type not in ("allcand", "beamsearch"):
             raise ValueError(f"--val-inference-type must be allcand or beamsearch, got {cfg.val_inference_type!r}")
-        super().__init__(cfg, src_dict, tgt_dict)
+        super().configure()
+
+    def is_constrained(self) -> bool:
+        return not self.cfg.unconstrained_training
 
     def dataset_class(self, *args, **kwargs):
         return VqaGenDataset(*args, trie=self.trie, answers=set(self.answers) if self.answers else None, **kwargs)
