@@ -92,9 +92,8 @@ class BiomedGPT:
         results = []
         for start in range(0, len(images), batch_size):
             sample = self._batch(images[start: start + batch_size], questions[start: start + batch_size])
-            results.extend(self._closed(sample) if getattr(self.task, "scorer", None) is not None
-                           and getattr(self.task.cfg, "val_inference_type", "allcand") == "allcand"
-                           else self._generated(sample))
+            closed = getattr(self.task, "uses_all_candidates", lambda: False)()
+            results.extend(self._closed(sample) if closed else self._generated(sample))
         return results
 
     def answer(self, image: ImageLike, question: Optional[str] = None) -> Tuple[str, float]:

@@ -99,3 +99,22 @@ def test_validate_reports_the_task_metric(trained, task, metric):
     log = run("validate", [data, "--user-dir", USER_DIR, "--task", task, "--path", path, "--valid-subset", "valid",
                            "--batch-size", "4", "--cpu", "--model-overrides", overrides])
     assert re.search(rf"valid on 'valid' subset \|.* {metric} [\d.]+", log), log[-2000:]
+
+
+@pytest.mark.slow
+def test_all_candidate_and_beam_search_generation_agree(trained):
+    """vqa_gen generates by all-candidate scoring (the reference's evaluation) unless told to beam-search; with a
+    beam as wide as the answer set both pick the same answers."""
+    allcand = pairs(generate(trained, "vqa_gen", "vqa_accuracy"))
+    beam = pairs(generate(trained, "vqa_gen", "vqa_accuracy", "--model-overrides",
+                          "{'val_inference_type': 'beamsearch'}"))
+    assert allcand == beam
+
+
+@pytest.mark.slow
+def test_ensemble_of_two_checkpoints(trained):
+    data, path = trained["gigaword"]
+    log = run("generate", [data, "--user-dir", USER_DIR, "--task", "gigaword", "--path", f"{path}:{path}",
+                           "--gen-subset", "valid", "--batch-size", "4", "--beam", "2", "--max-len-b", "8", "--cpu"])
+    single = generate(trained, "gigaword", "rouge", "--beam", "2", "--max-len-b", "8")
+    assert pairs(log) == pairs(single)  # averaging identical models changes nothing

@@ -139,3 +139,15 @@ def test_generate_uses_the_models_it_is_given(vqa):
     assert theirs == fresh and theirs != mine  # decoded with `other`, not with the model it was built with
     assert mine == [h[0]["tokens"].tolist() for h in OFASequenceGenerator(
         [model], task.tgt_dict, beam_size=2, max_len_b=5).generate([model], sample)]
+
+
+def test_zero_shot_masks_after_the_softmax(vqa):
+    """Zero-shot: the same answers are allowed, but probabilities are not renormalised over them."""
+    model, task = vqa
+    sample = batch(task, prompt=False)
+    args = dict(beam_size=2, max_len_b=8, normalize_scores=False)
+    normal = OFASequenceGenerator([model], task.tgt_dict, constraint_trie=task.answer_trie, **args)
+    zero = OFASequenceGenerator([model], task.tgt_dict, constraint_trie=task.answer_trie, zero_shot=True, **args)
+    for row_normal, row_zero in zip(normal.generate([model], sample), zero.generate([model], sample)):
+        assert task.text.decode(row_zero[0]["tokens"]) in task.answers
+        assert float(row_zero[0]["score"]) < float(row_normal[0]["score"])

@@ -85,3 +85,29 @@ class CandidateScorer:
         """The best answer of every row."""
         best = self.scores(model, sample).argmax(-1).tolist()
         return [self.answers[i] for i in best]
+
+
+class CandidateGenerator:
+    """All-candidate scoring as a fairseq generator: `generate(models, sample)` returns, per row, the answers
+    ranked by log-probability in fairseq's hypothesis format, so `fairseq-generate` prints and scores them.
+    With several models, their answer log-probabilities are averaged in probability space."""
+
+    def __init__(self, scorer: CandidateScorer, nbest: int = 1):
+        self.scorer, self.nbest = scorer, max(1, nbest)
+        self.eos = scorer.eos
+        self.symbols_to_strip_from_output = {scorer.bos, scorer.eos}  # read by fairseq-generate
+
+    @torch.no_grad()
+    def generate(self, models, sample, **kwargs):
+        scores = torch.stack([self.scorer.scores(model, sample) for model in models])
+        scores = torch.logsumexp(scores, dim=0) - torch.log(torch.tensor(float(len(models))))
+        hypos = []
+        for row in scores:
+            ranked = row.topk(min(self.nbest, row.numel()))
+            hypos.append([self._hypothesis(int(i), float(s)) for s, i in zip(ranked.values, ranked.indices)])
+        return hypos
+
+    def _hypothesis(self, answer: int, score: float):
+        tokens = torch.cat([self.scorer.answer_ids[answer], torch.tensor([self.scorer.eos])])
+        return {"tokens": tokens, "score": score, "positional_scores": torch.full((len(tokens),), score / len(tokens)),
+                "alignment": None, "attention": None}

@@ -2,7 +2,7 @@
 all-candidate or beam-search validation and the `vqa_score`-style metric."""
 
 from ..data.answers import load_ans2label
-from ..generation.allcand import CandidateScorer
+from ..generation.allcand import CandidateGenerator, CandidateScorer
 from ..generation.trie import Trie
 from .ofa_task import OFATask
 
@@ -31,13 +31,23 @@ class AnswerSetTask(OFATask):
 
     def predict(self, model, sample):
         """Answer strings per row: all-candidate scoring, or beam search when `--val-inference-type beamsearch`."""
-        if getattr(self.cfg, "val_inference_type", "allcand") == "allcand" and self.scorer is not None:
+        if self.uses_all_candidates():
             return self.scorer.predict(model, sample)
         return self.beam_answers(model, sample)
 
     def beam_answers(self, model, sample):
         """Beam search after each row's decoder prompt, restricted to the answer trie (before the softmax)."""
         return self.generate_text(model, sample, self.gen_args)
+
+    def uses_all_candidates(self) -> bool:
+        return self.scorer is not None and getattr(self.cfg, "val_inference_type", "allcand") == "allcand"
+
+    def build_generator(self, models, args, *more, **kwargs):
+        """`fairseq-generate` scores every answer (as the reference's evaluation) unless the task is set to
+        `--val-inference-type beamsearch`; then the trie-constrained beam search of the plugin generator."""
+        if self.uses_all_candidates():
+            return CandidateGenerator(self.scorer, nbest=getattr(args, "nbest", 1))
+        return super().build_generator(models, args, *more, **kwargs)
 
     def add_valid_metrics(self, sample, model, logging_output):
         predictions = self.predict(model, sample)

@@ -52,6 +52,8 @@ class OFAConfig(FairseqDataclass):
         "help": "normalise images with ImageNet mean/std instead of 0.5/0.5"})
     constraint_range: Optional[str] = field(default=None, metadata={
         "help": "'start,end': restrict predicted ids to this range (plus specials)"})
+    zero_shot: bool = field(default=False, metadata={
+        "help": "generation: constraints applied after the softmax and no decoder prompt (zero-shot evaluation)"})
     skip_invalid_rows: bool = field(default=False, metadata={
         "help": "skip (and count in the log) data rows that cannot be used, instead of stopping with an error"})
     seed: int = II("common.seed")
@@ -217,7 +219,7 @@ class OFATask(FairseqTask):
         """fairseq's generator choice (beam, sampling, diverse beam, ...) on the plugin generator: BOS start,
         answer-trie / `--constraint-range` masks before the softmax, `--zero-shot` masks after it."""
         extra = {"constraint_trie": self.answer_trie, "constraint_range": self.cfg.constraint_range,
-                 "zero_shot": getattr(args, "zero_shot", False), **(extra_gen_cls_kwargs or {})}
+                 "zero_shot": self.cfg.zero_shot, **(extra_gen_cls_kwargs or {})}
         return super().build_generator(models, args, seq_gen_cls=seq_gen_cls or OFASequenceGenerator,
                                        extra_gen_cls_kwargs=extra, **kwargs)
 
