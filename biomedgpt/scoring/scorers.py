@@ -75,9 +75,10 @@ class VqaAccuracyScorerConfig(FairseqDataclass):
     pass
 
 
-@register_scorer("vqa_accuracy", dataclass=VqaAccuracyScorerConfig)
-class VqaAccuracyScorer(BaseScorer):
-    """Mean over questions of the confidence of the generated answer (percent)."""
+class _MeanScorer(BaseScorer):
+    """Mean (percent) of a per-sentence score; subclasses define `sentence_score` and the result label."""
+
+    label, unit = "", "sentences"
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -85,13 +86,23 @@ class VqaAccuracyScorer(BaseScorer):
 
     def add_string(self, ref, pred):
         super().add_string(ref, pred)
-        self.scores.append(parse_vqa_reference(ref).get(pred.strip(), 0.0))
+        self.scores.append(self.sentence_score(ref, pred))
 
     def score(self) -> float:
         return _percent_mean(self.scores)
 
     def result_string(self) -> str:
-        return f"VQA accuracy = {self.score():.2f} ({len(self.scores)} questions)"
+        return f"{self.label} = {self.score():.2f} ({len(self.scores)} {self.unit})"
+
+
+@register_scorer("vqa_accuracy", dataclass=VqaAccuracyScorerConfig)
+class VqaAccuracyScorer(_MeanScorer):
+    """Mean over questions of the confidence of the generated answer (percent)."""
+
+    label, unit = "VQA accuracy", "questions"
+
+    def sentence_score(self, ref, pred) -> float:
+        return parse_vqa_reference(ref).get(pred.strip(), 0.0)
 
 
 # --- accuracy -----------------------------------------------------------------------------------------------------
@@ -103,22 +114,13 @@ class AccuracyScorerConfig(FairseqDataclass):
 
 
 @register_scorer("accuracy", dataclass=AccuracyScorerConfig)
-class AccuracyScorer(BaseScorer):
+class AccuracyScorer(_MeanScorer):
     """Exact-match accuracy (percent) of the stripped hypothesis against the stripped reference."""
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.scores: List[float] = []
+    label = "Accuracy"
 
-    def add_string(self, ref, pred):
-        super().add_string(ref, pred)
-        self.scores.append(1.0 if pred.strip() == ref.strip() else 0.0)
-
-    def score(self) -> float:
-        return _percent_mean(self.scores)
-
-    def result_string(self) -> str:
-        return f"Accuracy = {self.score():.2f} ({len(self.scores)} sentences)"
+    def sentence_score(self, ref, pred) -> float:
+        return 1.0 if pred.strip() == ref.strip() else 0.0
 
 
 # --- rouge --------------------------------------------------------------------------------------------------------
