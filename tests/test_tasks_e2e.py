@@ -120,3 +120,13 @@ def test_training_files_rotate_by_epoch_and_workers_read_by_index(tmp_path):
     order = [(rows, os.path.basename(os.path.dirname(path))) for rows, path in loads]
     assert order[:3] == [("8", "a"), ("16", "b"), ("8", "a")][: len(order)] and len(order) >= 2  # a, b, a, ...
     assert "epoch 002" in log and "num_updates=3" in log  # 1 batch in epoch 1, 2 batches in epoch 2
+
+
+@pytest.mark.slow
+def test_vqa_unconstrained_training_with_open_answers(tmp_path):
+    """`--unconstrained-training`: no answer set, answers outside any list are fine, beam-search validation."""
+    data = write_task_data(str(tmp_path), "vqa_gen")
+    log = fairseq_train(data, "vqa_gen", tmp_path / "ckpt", max_update=3, extra=[
+        "--unconstrained-training", "--val-inference-type", "beamsearch", "--ans2label-dict", '{"purple": 0}',
+        "--eval-args", '{"beam": 2, "max_len_b": 4}'])
+    assert re.search(r"valid on 'valid' subset \|.* vqa_score [\d.]+", log), log[-3000:]
