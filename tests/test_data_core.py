@@ -143,3 +143,17 @@ def test_answers_and_selected_cols(tmp_path):
     evil.write_bytes(pickle.dumps(os.getcwd))  # a global reference: refused, never resolved
     with pytest.raises(ValueError, match="refusing"):
         load_ans2label(None, str(evil))
+
+
+def test_classification_augmentation_survives_the_largest_magnitude():
+    """RandAugment's magnitude noise can reach 10, where timm's increasing posterize keeps 0 bits (Pillow raises)."""
+    from timm.data.auto_augment import RandAugment
+
+    from biomedgpt.data.datasets.classify import train_transform
+
+    transform = train_transform(32, imagenet=False)
+    augment = next(step for step in transform.transforms if isinstance(step, RandAugment))
+    posterize = next(op for op in augment.ops if op.name == "PosterizeIncreasing")
+    posterize.prob, posterize.magnitude, posterize.magnitude_std = 1.0, 12.0, 0.0
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    assert posterize(image).size == (32, 32)
