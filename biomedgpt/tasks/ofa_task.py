@@ -184,9 +184,6 @@ class OFATask(FairseqTask):
     def add_valid_metrics(self, sample, model, logging_output) -> None:
         """Concrete tasks add their metric sums (e.g. `_score_sum`, `_score_cnt`) to `logging_output`."""
 
-    def reduce_metrics(self, logging_outputs, criterion):
-        super().reduce_metrics(logging_outputs, criterion)
-
     @staticmethod
     def log_ratio(logging_outputs, name: str, numerator: str, denominator: str, scale: float = 1.0,
                   digits: int = 4) -> None:
