@@ -35,7 +35,7 @@ class NLIDataset(OFADataset):
         target = torch.cat([prev[1:], answer_ids])
         target[:-1] = self.pad
         item = {"id": index, "source": src, "prev_output_tokens": prev, "target": target,
-                "ref_dict": {answer: 1.0}}
+                "ref_dict": {answer: 1.0}, "decoder_prompt": prev}
         if self.trie is not None:
             mask = torch.zeros(len(target), len(self.dictionary), dtype=torch.bool)
             mask[-1, self.trie.next_tokens([self.bos])] = True
