@@ -34,7 +34,7 @@ def pairs(log):
 def trained(tmp_path_factory):
     """task -> (DATA, checkpoint) after 6 updates of the tiny model."""
     out = {}
-    for task in ("vqa_gen", "image_classify", "gigaword", "caption", "mnli"):
+    for task in ("vqa_gen", "image_classify", "gigaword", "caption", "mnli", "snli_ve"):
         folder = tmp_path_factory.mktemp(task)
         data = write_task_data(str(folder), task)
         fairseq_train(data, task, folder / "ckpt", max_update=6, lr="2e-3")
@@ -51,12 +51,12 @@ def generate(trained, task, scoring, *extra):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task, scoring", [("vqa_gen", "vqa_accuracy"), ("image_classify", "accuracy"),
-                                           ("mnli", "accuracy")])
+                                           ("mnli", "accuracy"), ("snli_ve", "accuracy")])
 def test_generate_accuracy_equals_recomputed(trained, task, scoring):
     log = generate(trained, task, scoring)
     assert "task settings taken from the checkpoint" in log  # --selected-cols, answers, image size, ...
     rows = pairs(log)
-    answers = {"yes", "no", "maybe"} if task == "mnli" else {"red", "green", "blue"}
+    answers = {"yes", "no", "maybe"} if task in ("mnli", "snli_ve") else {"red", "green", "blue"}
     assert all(h in answers for _, h in rows)  # trie-constrained: only listed answers
     expected = 100 * sum(t == h for t, h in rows) / len(rows)
     reported = float(re.search(r"(?:VQA accuracy|Accuracy) = ([\d.]+) \((\d+)", log).group(1))
