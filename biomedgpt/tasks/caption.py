@@ -1,5 +1,4 @@
 """Task `caption`: image captioning, validated with CIDEr-D."""
-import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -10,7 +9,6 @@ from ..data.text import strip_punctuation
 from ..metrics.text_metrics import cider_d, load_cider_document_frequency
 from .ofa_task import OFAConfig, OFATask
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,9 +52,7 @@ class CaptionTask(OFATask):
             bleu = sacrebleu.corpus_bleu(hyps, streams, smooth_method="exp")
             logging_output["_bleu_score_sum"] = bleu.score * len(hyps)
             logging_output["_bleu_cnt"] = len(hyps)
-        if self.cfg.eval_print_samples and hyps:
-            logger.info(f"example hypothesis: {hyps[0]}")
-            logger.info(f"example references: {refs[0]}")
+        self.log_example(hyps, refs)
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)

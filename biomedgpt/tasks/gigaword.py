@@ -1,5 +1,4 @@
 """Task `gigaword`: text summarisation (BiomedGPT uses it for MeQSum), validated with ROUGE."""
-import logging
 from dataclasses import dataclass, field
 
 from fairseq.tasks import register_task
@@ -8,7 +7,6 @@ from ..data.datasets.summary import SummaryDataset
 from ..metrics.text_metrics import gigaword_hypothesis, rouge_scores
 from .ofa_task import OFAConfig, OFATask
 
-logger = logging.getLogger(__name__)
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
 
@@ -37,9 +35,7 @@ class GigawordTask(OFATask):
             for kind in ("recall", "f1"):
                 logging_output[f"_{key}_{kind}_sum"] = sum(scores[f"{key}_{kind}"])
         logging_output["_rouge_cnt"] = len(hyps)
-        if self.cfg.eval_print_samples and hyps:
-            logger.info(f"example hypothesis: {hyps[0]}")
-            logger.info(f"example reference: {refs[0]}")
+        self.log_example(hyps, refs)
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)

@@ -181,6 +181,12 @@ class OFATask(FairseqTask):
             self.add_valid_metrics(sample, eval_model, logging_output)
         return loss, sample_size, logging_output
 
+    def log_example(self, hyps, refs) -> None:
+        """With `--eval-print-samples`, log the first hypothesis of a validation batch and its reference(s)."""
+        if getattr(self.cfg, "eval_print_samples", False) and hyps:
+            logger.info(f"example hypothesis: {hyps[0]}")
+            logger.info(f"example reference: {refs[0]}")
+
     def add_valid_metrics(self, sample, model, logging_output) -> None:
         """Concrete tasks add their metric sums (e.g. `_score_sum`, `_score_cnt`) to `logging_output`."""
 
