@@ -10,6 +10,8 @@ Each adjustment is one private function below whose docstring names the breakage
 1. `_allow_checkpoint_globals`: torch >= 2.6 loads with `weights_only=True`; fairseq checkpoints pickle
    `argparse.Namespace` (and old ones numpy scalars). These are allow-listed by name (`SAFE_GLOBALS`), and
    refused or unreadable checkpoints raise `UnsafeCheckpointError` / `CheckpointReadError` naming the file.
+   The same wrapper is where the overrides `{'ema_eval': True}` swap in the stored EMA weights
+   (`biomedgpt/ema_weights.py`): fairseq has no other hook between reading a checkpoint and building a model.
 2. `_untangle_bf16_from_tpu`: `--bf16` silently switches on `--tpu`.
 3. `_support_cpu_torchrun`: `torchrun ... fairseq-train --cpu --distributed-backend gloo` crashes or runs
    N independent jobs.
@@ -33,6 +35,8 @@ import weakref
 
 import numpy as np
 import torch
+
+from .ema_weights import use_ema_weights, wants_ema_weights
 
 try:
     from numpy._core.multiarray import scalar as _np_scalar  # numpy >= 2
@@ -102,7 +106,7 @@ def _allow_checkpoint_globals():
 
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         try:
-            return original(path, *args, **kwargs)
+            state = original(path, *args, **kwargs)
         except Exception as exc:
             if not _raised_by_torch_load(exc):
                 raise
@@ -111,6 +115,8 @@ def _allow_checkpoint_globals():
                 name = f"the global {found.group(1)}" if found else "an object that is not plain data"
                 raise UnsafeCheckpointError(path, name) from None
             raise CheckpointReadError(path, exc) from exc
+        overrides = args[0] if args else kwargs.get("arg_overrides")
+        return use_ema_weights(state, path) if wants_ema_weights(overrides) else state
 
     load_checkpoint_to_cpu.__doc__ = original.__doc__
     cu.load_checkpoint_to_cpu = _marked(load_checkpoint_to_cpu)

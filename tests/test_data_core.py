@@ -157,3 +157,13 @@ def test_classification_augmentation_survives_the_largest_magnitude():
     posterize.prob, posterize.magnitude, posterize.magnitude_std = 1.0, 12.0, 0.0
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     assert posterize(image).size == (32, 32)
+
+
+def test_bpe_decode_keeps_location_and_code_symbols():
+    """fairseq-generate decodes hypotheses with the task's BPE; boxes (<bin_k>) and codes must not crash it."""
+    from biomedgpt.data.bpe import build_bpe
+
+    bpe = build_bpe()
+    words = bpe.encode(" the left lung")
+    assert bpe.decode(words).strip() == "the left lung"
+    assert bpe.decode(f"<bin_3> <bin_999> {words} <code_7>") == "<bin_3> <bin_999> the left lung <code_7>"

@@ -1,5 +1,6 @@
 """Stock `fairseq-generate` and `fairseq-validate` on checkpoints from a short `fairseq-train`: readable
 S/T/H/D lines, task settings taken from the checkpoint, and score lines that equal the metric recomputed here."""
+import json
 import os
 import re
 import subprocess
@@ -34,10 +35,11 @@ def pairs(log):
 def trained(tmp_path_factory):
     """task -> (DATA, checkpoint) after 6 updates of the tiny model."""
     out = {}
-    for task in ("vqa_gen", "image_classify", "gigaword", "caption", "mnli", "snli_ve"):
+    for task in ("vqa_gen", "image_classify", "gigaword", "caption", "mnli", "snli_ve", "refcoco"):
         folder = tmp_path_factory.mktemp(task)
         data = write_task_data(str(folder), task)
-        fairseq_train(data, task, folder / "ckpt", max_update=6, lr="2e-3")
+        ema = ["--store-ema", "--ema-fp32", "--ema-decay", "0.9", "--ema-start-update", "0"] if task == "vqa_gen" else []
+        fairseq_train(data, task, folder / "ckpt", max_update=6, lr="2e-3", extra=ema)
         out[task] = (data, str(folder / "ckpt" / "checkpoint_last.pt"))
     return out
 
@@ -119,3 +121,89 @@ def test_ensemble_of_two_checkpoints(trained):
                            "--gen-subset", "valid", "--batch-size", "4", "--beam", "2", "--max-len-b", "8", "--cpu"])
     single = generate(trained, "gigaword", "rouge", "--beam", "2", "--max-len-b", "8")
     assert pairs(log) == pairs(single)  # averaging identical models changes nothing
+
+
+def valid_rows(data):
+    """The validation TSV's rows (its first column is the row's id)."""
+    with open(data.split(",")[-1], encoding="utf-8") as handle:
+        return [line.rstrip("\n").split("\t") for line in handle]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, scoring, keys", [("vqa_gen", "vqa_accuracy", ("question_id", "answer")),
+                                                 ("image_classify", "accuracy", ("uniq_id", "answer")),
+                                                 ("caption", "cider", ("image_id", "caption")),
+                                                 ("gigaword", "rouge", ("hyp", "ref"))])
+def test_predictions_json_has_the_reference_layout(trained, task, scoring, keys, tmp_path):
+    from biomedgpt.data.text import strip_punctuation
+    from biomedgpt.metrics.text_metrics import gigaword_hypothesis
+
+    path = tmp_path / "out" / "valid_predict.json"
+    rows = pairs(generate(trained, task, scoring, "--predictions-json", str(path)))
+    records = json.loads(path.read_text())
+    assert [tuple(r) for r in records] == [keys] * len(rows)
+    hyps = [h for _, h in rows]
+    if task == "gigaword":
+        assert [r["hyp"] for r in records] == [gigaword_hypothesis(h) for h in hyps]
+        assert [r["ref"] for r in records] == [t for t, _ in rows]
+        return
+    expected = [strip_punctuation(h) for h in hyps] if task == "caption" else hyps
+    assert [r[keys[1]] for r in records] == expected
+    tsv = valid_rows(trained[task][0])
+    ids = [str(i) for i in range(len(tsv))] if task == "image_classify" else [row[0] for row in tsv]
+    assert [str(r[keys[0]]) for r in records] == ids
+
+
+def iou(a, b):
+    width, height = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(width, 0) * max(height, 0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.mark.slow
+def test_refcoco_generates_boxes_scored_by_box_accuracy(trained, tmp_path):
+    path = tmp_path / "valid_predict.json"
+    log = generate(trained, "refcoco", "box_accuracy", "--predictions-json", str(path))
+    rows = pairs(log)
+    bins = lambda text: [int(k) for k in re.findall(r"<bin_(\d+)>", text)]  # noqa: E731
+    assert all(len(bins(h)) == 4 and len(bins(t)) == 4 for t, h in rows), rows  # exactly 4 location tokens
+    expected = 100 * sum(iou(bins(t), bins(h)) >= 0.5 for t, h in rows) / len(rows)
+    reported = float(re.search(r"Acc@0.5 = ([\d.]+) \((\d+) regions", log).group(1))
+    assert reported == pytest.approx(expected, abs=0.01)
+    records = json.loads(path.read_text())
+    assert [r["uniq_id"] for r in records] == [row[0] for row in valid_rows(trained["refcoco"][0])]
+    assert all(len(r["box"]) == 4 for r in records)
+
+
+@pytest.mark.slow
+def test_ema_weights_for_validate_generate_and_the_python_api(trained):
+    import torch
+
+    import biomedgpt  # noqa: F401
+    from fairseq import checkpoint_utils
+
+    from biomedgpt.inference import load
+
+    data, path = trained["vqa_gen"]
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    ema = state["extra_state"]["ema"]
+    model = load(path, overrides={"ema_eval": True}, device="cpu").model
+    weights = model.state_dict()
+    name = "encoder.layers.0.fc1.weight"
+    assert torch.equal(weights[name], ema[name]) and not torch.equal(weights[name], state["model"][name])
+
+    def validate(overrides, checkpoint=path):
+        return subprocess.run([sys.executable, "-m", "fairseq_cli.validate", data, "--user-dir", USER_DIR, "--task",
+                               "vqa_gen", "--path", checkpoint, "--valid-subset", "valid", "--batch-size", "4", "--cpu",
+                               "--model-overrides", overrides], capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+
+    for overrides, uses_ema in (("{}", False), ("{'ema_eval': True}", True)):
+        result = validate(overrides)
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-3000:]
+        assert re.search(r"valid on 'valid' subset \| .* vqa_score [\d.]+", log), log[-3000:]
+        assert ("evaluating with the EMA weights stored in" in log) == uses_ema
+    without = validate("{'ema_eval': True}", checkpoint=trained["image_classify"][1])
+    assert without.returncode != 0 and "the checkpoint has none" in without.stderr.strip().splitlines()[-1]

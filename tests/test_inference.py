@@ -43,3 +43,34 @@ def test_ask_command_prints_answer_and_probability(vqa_checkpoint, capsys):
     image, answer, probability = capsys.readouterr().out.strip().split("\t")
     assert image == images[0] and answer in {"red", "green", "blue"} and 0 < float(probability) <= 1
     assert main(["--path", path, "--image", images[0] + ".missing", "--question", "x", "--cpu"]) == 2
+
+
+@pytest.fixture(scope="module")
+def dicom_file():
+    """A CT slice shipped with pydicom (no network)."""
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file("CT_small.dcm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["image_classify", "caption"])
+def test_ask_command_without_a_question_for_classes_and_captions(task, tmp_path, dicom_file, capsys):
+    """Classification checkpoints answer one of their classes, caption checkpoints a generated caption; a PNG and a
+    DICOM file are read the same way."""
+    from biomedgpt.cli.ask import main
+
+    data = write_task_data(str(tmp_path), task)
+    fairseq_train(data, task, tmp_path / "ckpt", max_update=6, lr="2e-3")
+    png = tmp_path / "red.png"
+    png.write_bytes(base64.b64decode(image_b64("red", seed=5)))
+    assert main(["--path", str(tmp_path / "ckpt" / "checkpoint_last.pt"), "--image", str(png), dicom_file,
+                 "--cpu", "--beam", "2"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [line[0] for line in lines] == [str(png), dicom_file]
+    for _, answer, probability in lines:
+        assert 0 < float(probability) <= 1
+        if task == "image_classify":
+            assert answer in {"red", "green", "blue"}
+        else:
+            assert answer and "<" not in answer  # decoded text, no special symbols

@@ -219,3 +219,20 @@ def test_default_bleu_scorer_is_untouched():
     from fairseq.scoring.bleu import Scorer as BleuScorer
 
     assert isinstance(_build("bleu"), BleuScorer)
+
+
+def test_box_accuracy_counts_iou_at_least_one_half():
+    from biomedgpt.scoring.scorers import BoxAccuracyScorer, BoxAccuracyScorerConfig, parse_bin_box
+
+    assert parse_bin_box("<bin_1> <bin_2> <bin_30> <bin_40> <bin_9>") == [1, 2, 30, 40]
+    assert parse_bin_box("<bin_1> <bin_2> red") is None
+    scorer = BoxAccuracyScorer(BoxAccuracyScorerConfig())
+    ref = "<bin_0> <bin_0> <bin_10> <bin_10>"
+    scorer.add_string(ref, "<bin_0> <bin_0> <bin_10> <bin_10>")  # IoU 1
+    scorer.add_string(ref, "<bin_0> <bin_0> <bin_10> <bin_5>")  # IoU 50/100 = 0.5 -> counts
+    scorer.add_string(ref, "<bin_5> <bin_0> <bin_15> <bin_10>")  # IoU 50/150 = 1/3
+    scorer.add_string(ref, "red")  # no box
+    assert scorer.score() == pytest.approx(50.0)
+    assert scorer.result_string() == "Acc@0.5 = 50.00 (4 regions)"
+    with pytest.raises(ValueError, match="4 <bin_k>"):
+        scorer.add_string("no box here", ref)

@@ -57,7 +57,7 @@ def images():
 
 # ------------------------------------------------------------------------------------------------ released layout
 def test_default_config_is_the_repo_copy():
-    assert default_config_path() == os.path.normpath(REAL_CONFIG)
+    assert os.path.realpath(default_config_path()) == os.path.realpath(REAL_CONFIG)
 
 
 def test_real_config_parameter_counts():

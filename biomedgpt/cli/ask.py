@@ -34,7 +34,7 @@ def main(argv=None) -> int:
         print(f"biomedgpt-ask: {exc}", file=sys.stderr)
         return 2
     for image, (answer, probability) in zip(opts.image, answers):
-        print(f"{image}\t{answer}\t{probability:.4f}")
+        print(f"{image}\t{answer}\t{probability:.4g}")
     return 0
 
 

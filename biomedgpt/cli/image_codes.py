@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--selected-cols", default="0,1", metavar="COLS",
                         help="2 columns (image_id,base64) or 4 (pair_id,image_id,base64,text); default 0,1")
     parser.add_argument("--vq-config", default=None, metavar="YAML",
-                        help="taming model yaml (default: configs/vqgan_gumbel_f8_8192.yaml of the source tree)")
+                        help="taming model yaml (default: the vqgan_gumbel_f8_8192 config shipped with biomedgpt)")
     parser.add_argument("--vq-ckpt", default=None, metavar="CKPT", help="the released last.ckpt (or a state dict)")
     parser.add_argument("--random-init", action="store_true",
                         help="random weights seeded with --seed, for testing only: the codes are meaningless")
@@ -315,7 +315,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if opts.random_init == bool(opts.vq_ckpt):
         parser.error("give --vq-ckpt (the released last.ckpt), or --random-init for testing")
     if not opts.vq_config and default_config_path() is None:
-        parser.error("--vq-config is required (configs/vqgan_gumbel_f8_8192.yaml of the source tree was not found)")
+        parser.error("--vq-config is required (the packaged vqgan_gumbel_f8_8192 config is missing)")
     if opts.code_image_size <= 0 or opts.code_image_size % 8:
         parser.error(f"--code-image-size must be a positive multiple of 8, got {opts.code_image_size}")
     if opts.batch_size <= 0:

@@ -7,10 +7,12 @@
   `biomedgpt-train-spm`, for training from scratch with a vocabulary of one's own.
 
 Both tokenizers give the same interface (fairseq's BPE objects): `encode(text)` -> space-separated symbols of
-`dict.txt`, `decode(symbols)` -> text, `is_beginning_of_word(symbol)`.
+`dict.txt`, `decode(symbols)` -> text, `is_beginning_of_word(symbol)`. `decode` also accepts the symbols the OFA
+dictionary adds (`<bin_k>`, `<code_k>`) and keeps them as words, so `fairseq-generate` can print boxes and codes.
 """
 import logging
 import os
+import re
 from typing import Dict, Tuple
 
 from .dictionary import resolve_bpe_dir
@@ -84,6 +86,25 @@ def _check_sentencepiece_dict(sp, dict_path: str, bpe_dir: str) -> None:
                        f"dict.txt and will be encoded as <unk> (e.g. {missing[:5]})")
 
 
+ADDED_SYMBOL = re.compile(r"<(?:bin|code)_\d+>")
+
+
+def _decode_keeping_added_symbols(decode, symbols: str) -> str:
+    """`decode` for runs of BPE symbols; `<bin_k>` / `<code_k>` are kept as space-separated words."""
+    pieces, run = [], []
+    for symbol in symbols.split():
+        if ADDED_SYMBOL.fullmatch(symbol):
+            if run:
+                pieces.append(decode(" ".join(run)).strip())
+                run = []
+            pieces.append(symbol)
+        else:
+            run.append(symbol)
+    if run:
+        pieces.append(decode(" ".join(run)).strip())
+    return " ".join(p for p in pieces if p)
+
+
 def build_bpe(bpe_dir=None):
     """The tokenizer of `bpe_dir` (see `detect_bpe_kind`): fairseq's `GPT2BPE` or `SentencepieceBPE`.
 
@@ -106,4 +127,7 @@ def build_bpe(bpe_dir=None):
         bpe = SentencepieceBPE(SentencepieceConfig(sentencepiece_model=os.path.join(bpe_dir, SPM_MODEL)))
         _check_sentencepiece_dict(bpe.sp, os.path.join(bpe_dir, "dict.txt"), bpe_dir)
     bpe.kind = kind
+    plain_decode = bpe.decode
+    bpe.decode = lambda symbols: (_decode_keeping_added_symbols(plain_decode, symbols)
+                                  if ADDED_SYMBOL.search(symbols) else plain_decode(symbols))
     return bpe

@@ -16,22 +16,30 @@ scorer here strips leading and trailing whitespace from both strings. At the end
   (several per sample); hypotheses and references are lowercased (unless ``--cider-keep-case``) and stripped of
   punctuation. Without ``--cider-cached-tokens`` the document frequencies come from the scored references (so a
   single-sample run scores 0), as in the caption task's validation.
+* ``box_accuracy`` — Acc@0.5 for visual grounding: the first four ``<bin_k>`` tokens of hypothesis and reference
+  as boxes, IoU >= 0.5 counts.
 
 The option names of the dataclasses below become global ``fairseq-generate`` flags, so they carry the scorer's name.
 """
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
+
+import torch
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.scoring import BaseScorer, register_scorer
 
 from ..data.text import strip_punctuation
+from ..metrics.boxes import box_iou
 from ..metrics.text_metrics import cider_d, load_cider_document_frequency, rouge_scores
 
 __all__ = [
     "parse_vqa_reference",
-    "VqaAccuracyScorer", "AccuracyScorer", "RougeScorer", "CiderScorer",
+    "parse_bin_box",
+    "VqaAccuracyScorer", "AccuracyScorer", "RougeScorer", "CiderScorer", "BoxAccuracyScorer",
     "VqaAccuracyScorerConfig", "AccuracyScorerConfig", "RougeScorerConfig", "CiderScorerConfig",
+    "BoxAccuracyScorerConfig",
 ]
 
 ANSWER_SEPARATOR = "&&"
@@ -191,3 +199,38 @@ class CiderScorer(BaseScorer):
 
     def result_string(self) -> str:
         return f"CIDEr = {self.score():.3f} ({len(self.pred)} sentences)"
+
+
+# --- box_accuracy -------------------------------------------------------------------------------------------------
+
+BIN_TOKEN = re.compile(r"<bin_(\d+)>")
+
+
+def parse_bin_box(text: str) -> Optional[List[int]]:
+    """The first four ``<bin_k>`` tokens of a string as ``[x0, y0, x1, y1]`` bin indices (None if fewer than 4)."""
+    bins = [int(k) for k in BIN_TOKEN.findall(text)[:4]]
+    return bins if len(bins) == 4 else None
+
+
+@dataclass
+class BoxAccuracyScorerConfig(FairseqDataclass):
+    pass
+
+
+@register_scorer("box_accuracy", dataclass=BoxAccuracyScorerConfig)
+class BoxAccuracyScorer(_MeanScorer):
+    """Acc@0.5 of visual grounding (`refcoco`): a hypothesis counts when its 4 location tokens overlap the
+    reference's with IoU >= 0.5. Both boxes are compared in bin units; the reference's dequantisation is a
+    per-axis scaling, which leaves the IoU unchanged, so only the target's own rounding to bins differs from
+    the reference's Acc@0.5 on original pixel coordinates (the task's validation `score` uses those)."""
+
+    label, unit = "Acc@0.5", "regions"
+
+    def sentence_score(self, ref, pred) -> float:
+        target, hypothesis = parse_bin_box(ref), parse_bin_box(pred)
+        if target is None:
+            raise ValueError(f"box_accuracy: the reference {ref!r} does not hold 4 <bin_k> location tokens")
+        if hypothesis is None:
+            return 0.0
+        return float(box_iou(torch.tensor([target], dtype=torch.float), torch.tensor([hypothesis], dtype=torch.float))
+                     [0] >= 0.5)

@@ -28,6 +28,12 @@ class CaptionConfig(OFAConfig):
 class CaptionTask(OFATask):
     dataset_class = CaptionDataset
     column_names = ["uniq_id", "image", "caption"]
+    prediction_keys = ("image_id", "caption")
+
+    def prediction_record(self, sample, row, hypo):
+        record = super().prediction_record(sample, row, hypo)
+        record["caption"] = strip_punctuation(record["caption"])
+        return record
 
     def configure(self):
         super().configure()

@@ -25,6 +25,9 @@ class GigawordTask(OFATask):
     dataset_class = SummaryDataset
     column_names = ["source", "target"]
 
+    def prediction_record(self, sample, row, hypo):
+        return {"hyp": gigaword_hypothesis(self.text.decode(hypo["tokens"])), "ref": sample["target_strs"][row]}
+
     def add_valid_metrics(self, sample, model, logging_output):
         if not self.cfg.eval_rouge:
             return

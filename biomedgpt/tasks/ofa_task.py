@@ -25,6 +25,7 @@ from ..data.bpe import build_bpe as build_text_bpe
 from ..data.dictionary import build_ofa_dictionary, resolve_bpe_dir
 from ..data.text import TextEncoder
 from ..data.tsv import IndexedTSV, parse_selected_cols
+from ..generation.predictions import PredictionsFile
 from ..generation.sequence_generator import OFASequenceGenerator
 from ..optim.polynomial_decay_ratio import set_train_batches_per_epoch
 
@@ -56,6 +57,9 @@ class OFAConfig(FairseqDataclass):
         "help": "generation: constraints applied after the softmax and no decoder prompt (zero-shot evaluation)"})
     skip_invalid_rows: bool = field(default=False, metadata={
         "help": "skip (and count in the log) data rows that cannot be used, instead of stopping with an error"})
+    predictions_json: Optional[str] = field(default=None, metadata={
+        "help": "fairseq-generate: also write the predictions to this JSON file in the layout of the reference's "
+                "{gen_subset}_predict.json (e.g. question_id/answer for vqa_gen, image_id/caption for caption)"})
     seed: int = II("common.seed")
 
 
@@ -74,6 +78,8 @@ class OFATask(FairseqTask):
     cfg: OFAConfig
     dataset_class = None  # set by concrete tasks
     column_names = None  # names of the selected TSV columns, for error messages
+    prediction_keys = ("uniq_id", "answer")  # the reference's {gen_subset}_predict.json record keys
+    predictions = None  # PredictionsFile while fairseq-generate runs with --predictions-json
 
     def __init__(self, cfg: OFAConfig, src_dict, tgt_dict):
         super().__init__(cfg)
@@ -87,6 +93,8 @@ class OFATask(FairseqTask):
         self.bpe = self.build_bpe()
         self.text = TextEncoder(self.bpe, self.src_dict)
         self.gen_args = parse_json_arg(getattr(self.cfg, "eval_args", "{}"), "eval_args")
+        if self.cfg.predictions_json:
+            self.predictions = PredictionsFile(self.cfg.predictions_json)
 
     def adopt_checkpoint_config(self, saved) -> None:
         """Take the checkpoint's task settings for every field the command line left at its default.
@@ -222,7 +230,7 @@ class OFATask(FairseqTask):
         """fairseq's generator choice (beam, sampling, diverse beam, ...) on the plugin generator: BOS start,
         answer-trie / `--constraint-range` masks before the softmax, `--zero-shot` masks after it."""
         extra = {"constraint_trie": self.answer_trie, "constraint_range": self.cfg.constraint_range,
-                 "zero_shot": self.cfg.zero_shot, **(extra_gen_cls_kwargs or {})}
+                 "zero_shot": self.cfg.zero_shot, **(extra_gen_cls_kwargs or {})}  # the task's own keys win
         return super().build_generator(models, args, seq_gen_cls=seq_gen_cls or OFASequenceGenerator,
                                        extra_gen_cls_kwargs=extra, **kwargs)
 
@@ -231,7 +239,18 @@ class OFATask(FairseqTask):
         if prefix_tokens is None:
             prefix_tokens = sample.get("prefix_tokens")
         with torch.no_grad():
-            return generator.generate(models, sample, prefix_tokens=prefix_tokens, constraints=constraints)
+            hypos = generator.generate(models, sample, prefix_tokens=prefix_tokens, constraints=constraints)
+        if self.predictions is not None:
+            self.predictions.add((int(sample["id"][row]), self.prediction_record(sample, row, hypo[0]))
+                                 for row, hypo in enumerate(hypos))
+        return hypos
+
+    def prediction_record(self, sample, row: int, hypo) -> dict:
+        """The `--predictions-json` record of one row's best hypothesis: `{id key: uniq id, answer key: text}`."""
+        ids = sample.get("uniq_ids")
+        uniq_id = ids[row] if ids is not None else int(sample["id"][row])
+        id_key, answer_key = self.prediction_keys
+        return {id_key: uniq_id, answer_key: self.text.decode(hypo["tokens"])}
 
     def generate_text(self, model, sample, gen_args: dict):
         """Best hypothesis text per row of `sample` (after its decoder prompt, if any)."""

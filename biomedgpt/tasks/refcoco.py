@@ -6,6 +6,7 @@ import torch
 from fairseq.tasks import register_task
 
 from ..data.datasets.refcoco import RefcocoDataset, dequantize
+from ..metrics.boxes import box_iou
 from .ofa_task import OFAConfig, OFATask
 
 
@@ -17,13 +18,15 @@ class RefcocoConfig(OFAConfig):
     scst: bool = field(default=False, metadata={"help": "accepted for compatibility"})
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of matching rows of two `[N, 4]` (x0, y0, x1, y1) box tensors."""
-    low = torch.max(a[:, :2], b[:, :2])
-    high = torch.min(a[:, 2:], b[:, 2:])
-    inter = (high - low).clamp(min=0).prod(1)
-    area = lambda box: (box[:, 2:] - box[:, :2]).clamp(min=0).prod(1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+class FourTokens:
+    """Generation options with the length fixed to the 4 tokens of a box (`max_len_a` 0, `max_len_b` = `min_len` 4)."""
+
+    def __init__(self, args):
+        self._args = args
+
+    def __getattr__(self, name):
+        fixed = {"max_len_a": 0, "max_len_b": 4, "min_len": 4}
+        return fixed[name] if name in fixed else getattr(self._args, name)
 
 
 @register_task("refcoco", dataclass=RefcocoConfig)
@@ -35,15 +38,28 @@ class RefcocoTask(OFATask):
         super().configure()
         self.first_bin = len(self.tgt_dict) - self.cfg.num_bins
 
+    def build_generator(self, models, args, *more, extra_gen_cls_kwargs=None, **kwargs):
+        """`fairseq-generate` decodes exactly 4 location tokens, restricted to the bins unless `--constraint-range`
+        says otherwise (the reference needed both on its command line)."""
+        extra = {"constraint_range": self.cfg.constraint_range or (self.first_bin, len(self.tgt_dict)),
+                 **(extra_gen_cls_kwargs or {})}
+        return super().build_generator(models, FourTokens(args), *more, extra_gen_cls_kwargs=extra, **kwargs)
+
     def predict_boxes(self, model, sample) -> torch.Tensor:
         """Greedy/beam decoding restricted to the location tokens; boxes in original-image pixels `[B, 4]`."""
         gen_args = dict(self.gen_args, max_len_a=0, max_len_b=4, min_len=4)
         generator = self.sequence_generator([model], gen_args, constraint_range=(self.first_bin, len(self.tgt_dict)))
         hypos = self.inference_step(generator, [model], sample)
-        tokens = torch.stack([h[0]["tokens"][:4] for h in hypos]).cpu()
-        coords = dequantize(tokens - self.first_bin, self.cfg.max_image_size, self.cfg.num_bins).float()
-        ratios = sample["resize_ratios"].cpu()
-        return coords / ratios.repeat(1, 2)
+        return self.boxes(torch.stack([h[0]["tokens"][:4] for h in hypos]), sample["resize_ratios"])
+
+    def boxes(self, tokens: torch.Tensor, resize_ratios: torch.Tensor) -> torch.Tensor:
+        """`[B, 4]` location tokens -> `[B, 4]` boxes (x0, y0, x1, y1) in original-image pixels."""
+        coords = dequantize(tokens.cpu() - self.first_bin, self.cfg.max_image_size, self.cfg.num_bins).float()
+        return coords / resize_ratios.cpu().repeat(1, 2)
+
+    def prediction_record(self, sample, row, hypo):
+        box = self.boxes(hypo["tokens"][:4].view(1, 4), sample["resize_ratios"][row].view(1, 2))[0]
+        return {"uniq_id": sample["uniq_ids"][row], "box": [round(float(v), 2) for v in box]}
 
     def add_valid_metrics(self, sample, model, logging_output):
         if not self.cfg.eval_acc:

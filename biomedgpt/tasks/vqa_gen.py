@@ -29,6 +29,7 @@ class VqaGenConfig(OFAConfig):
 class VqaGenTask(AnswerSetTask):
     metric_name = "vqa_score"
     column_names = ["question_id", "image", "question", "answers", "objects"]
+    prediction_keys = ("question_id", "answer")
 
     def configure(self):
         cfg = self.cfg

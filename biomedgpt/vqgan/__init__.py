@@ -21,10 +21,6 @@ __all__ = ["GumbelVQ", "CheckpointMismatchError", "CheckpointReadError", "Unsafe
 
 
 def default_config_path() -> Optional[str]:
-    """The released model's config if it can be found: `biomedgpt/vqgan/<CONFIG_NAME>` (package data, if shipped),
-    else `configs/<CONFIG_NAME>` of a source checkout (biomedgpt/../configs); None otherwise."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(here, CONFIG_NAME), os.path.join(here, "..", "..", "configs", CONFIG_NAME)):
-        if os.path.isfile(candidate):
-            return os.path.normpath(candidate)
-    return None
+    """The released model's config, shipped as package data (`configs/` of the repo links to it); None if absent."""
+    candidate = os.path.join(os.path.dirname(os.path.abspath(__file__)), CONFIG_NAME)
+    return candidate if os.path.isfile(candidate) else None
