@@ -36,8 +36,8 @@ def load_fill_rule():
     return module
 
 
-def build(arch="ofa_tiny", extra=(), data="DATA"):
-    """Build a model and task exactly as `fairseq-train --task ofa --arch ARCH` would."""
+def build(arch="ofa_tiny", extra=(), data="DATA", task="ofa"):
+    """Build a model and task exactly as `fairseq-train --task TASK --arch ARCH` would."""
     from biomedgpt.cli.model_check import build_from_argv
 
-    return build_from_argv([data, "--task=ofa", f"--arch={arch}", *BIOMEDGPT_FLAGS, *extra])
+    return build_from_argv([data, f"--task={task}", f"--arch={arch}", *BIOMEDGPT_FLAGS, *extra])

@@ -101,3 +101,65 @@ def write_task_data(folder, task: str, train: int = 24, valid: int = 6):
         train_rows, valid_rows = summary_rows(train), summary_rows(valid)
     paths = [_write(os.path.join(folder, "train.tsv"), train_rows), _write(os.path.join(folder, "valid.tsv"), valid_rows)]
     return ",".join(paths)
+
+
+def vision_language_rows(n, seed=0):
+    """Pretraining `uniq_id, image, caption, question, refs, gt_objects, dataset_name, type` rows, cycling through
+    caption, qa and visual_grounding (a red square on grey, box in pixels)."""
+    names = list(COLOURS)
+    squares = refcoco_rows(n, seed=seed)
+    rows = []
+    for i in range(n):
+        colour = names[(i // 3) % 3]
+        kind = ("caption", "qa", "visual_grounding")[i % 3]
+        if kind == "visual_grounding":
+            _, image, text, box = squares[i]
+            rows.append([f"vg{i}", image, text, "", box, "square", "synthetic", kind])
+        elif kind == "qa":
+            rows.append([f"qa{i}", image_b64(colour, seed=seed + i), "", "what colour is the square?",
+                         f"1.0|!+{colour}&&0.5|!+dark {colour}", "square", "synthetic", kind])
+        else:
+            rows.append([f"cap{i}", image_b64(colour, seed=seed + i), f"a {colour} square on grey", "", "",
+                         "square&&grey", "synthetic", kind])
+    return rows
+
+
+def text_rows(n):
+    """`id, text` rows for text infilling."""
+    words = ["the", "chest", "x-ray", "shows", "no", "acute", "cardiopulmonary", "abnormality", "heart", "size",
+             "is", "normal"]
+    return [[str(i), " ".join(words[(i + k) % len(words)] for k in range(8 + i % 5)).capitalize() + "."]
+            for i in range(n)]
+
+
+def detection_rows(n, seed=0, size=64):
+    """`id, image, "x0,y0,x1,y1,cat_id,name&&..."`: one or two coloured squares on grey."""
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    rows = []
+    for i in range(n):
+        array = np.full((size, size, 3), 128, dtype=np.uint8)
+        items = []
+        for k in range(1 + i % 2):
+            x0, y0 = (int(v) for v in rng.integers(0, size // 2, 2))
+            x1, y1 = x0 + size // 4, y0 + size // 4
+            colour = names[(i + k) % 3]
+            array[y0:y1, x0:x1] = COLOURS[colour]
+            items.append(f"{x0},{y0},{x1},{y1},{(i + k) % 3},{colour} square")
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        rows.append([f"det{i}", base64.b64encode(buffer.getvalue()).decode(), "&&".join(items)])
+    return rows
+
+
+def write_pretrain_sources(folder, rows: int = 24):
+    """vision_language.tsv, text.tsv, detection.tsv and the image source `images.tsv` (`id, base64`) of a tiny
+    pretraining corpus; `image.tsv` (with codes) is made from `images.tsv` by biomedgpt-image-codes."""
+    names = list(COLOURS)
+    return {
+        "vision_language": _write(os.path.join(folder, "vision_language.tsv"), vision_language_rows(rows)),
+        "text": _write(os.path.join(folder, "text.tsv"), text_rows(rows)),
+        "detection": _write(os.path.join(folder, "detection.tsv"), detection_rows(rows // 2)),
+        "images": _write(os.path.join(folder, "images.tsv"),
+                         [[f"im{i}", image_b64(names[i % 3], size=64, seed=i)] for i in range(rows // 2)]),
+    }

@@ -27,19 +27,25 @@ TASKS = {
 }
 
 
-def fairseq_train(data, task, save_dir, max_update, extra=(), lr="1e-3"):
-    flags, metric = TASKS[task]
-    cmd = [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", os.path.dirname(__import__("biomedgpt").__file__),
-           "--task", task, *TINY, *flags, "--criterion", "adjust_label_smoothed_cross_entropy",
-           "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", lr, "--batch-size", "8", "--cpu",
-           *(["--max-update", str(max_update)] if max_update else []), "--save-dir", str(save_dir), "--log-format", "simple",
-           "--log-interval", "1", "--validate-interval-updates", "3", "--save-interval-updates", "3",
-           "--best-checkpoint-metric", metric, "--maximize-best-checkpoint-metric", "--num-workers", "0", *extra]
+def run_fairseq_train(args):
+    """`fairseq-train ARGS --user-dir <plugin>` in a subprocess (1 thread); returns the log, asserting success."""
+    cmd = [sys.executable, "-m", "fairseq_cli.train", *args, "--user-dir",
+           os.path.dirname(__import__("biomedgpt").__file__)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     return log
+
+
+def fairseq_train(data, task, save_dir, max_update, extra=(), lr="1e-3"):
+    flags, metric = TASKS[task]
+    return run_fairseq_train([
+        data, "--task", task, *TINY, *flags, "--criterion", "adjust_label_smoothed_cross_entropy",
+        "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", lr, "--batch-size", "8", "--cpu",
+        *(["--max-update", str(max_update)] if max_update else []), "--save-dir", str(save_dir), "--log-format", "simple",
+        "--log-interval", "1", "--validate-interval-updates", "3", "--save-interval-updates", "3",
+        "--best-checkpoint-metric", metric, "--maximize-best-checkpoint-metric", "--num-workers", "0", *extra])
 
 
 def train_losses(log):

@@ -106,9 +106,10 @@ class OFAEncoder(FairseqEncoder):
         num_patches = height * width
         grid_ids = image_grid_ids(height, width, self.image_bucket_size, features.device).unsqueeze(0)
         image_pos = self._image_position_embeddings(height, width, features.device)
-        if sample_patch_num is not None:
-            order = torch.tensor([random.sample(range(num_patches), k=sample_patch_num) for _ in range(bsz)],
-                                 device=features.device)
+        if sample_patch_num is not None and sample_patch_num < num_patches:
+            # a random subset of patches per row, drawn from torch's generator (which fairseq seeds per update,
+            # so a resumed run draws the same subsets; the reference used Python's `random.sample`)
+            order = torch.rand(bsz, num_patches, device=features.device).argsort(dim=1)[:, :sample_patch_num]
             features = features.gather(1, order.unsqueeze(2).expand(-1, -1, features.size(2)))
             grid_ids = grid_ids.expand(bsz, -1).gather(1, order)
             image_pos = image_pos.expand(bsz, -1, -1).gather(1, order.unsqueeze(2).expand(-1, -1, image_pos.size(2)))

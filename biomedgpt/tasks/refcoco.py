@@ -5,7 +5,8 @@ import torch
 
 from fairseq.tasks import register_task
 
-from ..data.datasets.refcoco import RefcocoDataset, dequantize
+from ..data.datasets.refcoco import RefcocoDataset
+from ..data.locations import dequantize
 from ..metrics.boxes import box_iou
 from .ofa_task import OFAConfig, OFATask
 

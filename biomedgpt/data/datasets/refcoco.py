@@ -1,24 +1,17 @@
 """`refcoco` rows (`uniq_id, image, text, "x0,y0,x1,y1"`) -> visual grounding samples (OFA task).
 
 The image is resized to `P x P` (bicubic) and the box scaled with it; each coordinate becomes a location
-token `<bin_k>`, `k = round(coord / max_image_size * (num_bins - 1))` in resized pixels (REFERENCE §4.3).
+token `<bin_k>` in resized pixels (`biomedgpt.data.locations`).
 """
 import torch
 from torchvision import transforms
 
 from ..image import mean_std
+from ..locations import box_to_bins
 from ..ofa_dataset import OFADataset
 from ..text import pre_caption
 
 PROMPT = ' which region does the text " {} " describe?'
-
-
-def quantize(coord: float, max_image_size: int, num_bins: int) -> int:
-    return int(round(min(max(coord, 0.0), max_image_size) / max_image_size * (num_bins - 1)))
-
-
-def dequantize(bin_index: int, max_image_size: int, num_bins: int) -> float:
-    return bin_index / (num_bins - 1) * max_image_size
 
 
 class RefcocoDataset(OFADataset):
@@ -48,8 +41,7 @@ class RefcocoDataset(OFADataset):
         size, max_size, bins = self.cfg.patch_image_size, self.cfg.max_image_size, self.cfg.num_bins
         w_ratio, h_ratio = size / width, size / height
         box = [x0 * w_ratio, y0 * h_ratio, x1 * w_ratio, y1 * h_ratio]
-        bin_tokens = " ".join(f"<bin_{quantize(c, max_size, bins)}>" for c in box)
-        tgt = self.encode(bin_tokens, use_bpe=False)
+        tgt = self.encode(box_to_bins(box, max_size, bins), use_bpe=False)
         src = self.with_bos_eos(self.encode(PROMPT.format(text)))
         return {"id": index, "uniq_id": fields[0], "source": src, "patch_image": self.transform(image),
                 "patch_mask": True, "target": torch.cat([tgt, torch.tensor([self.eos])]),
