@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Evaluate a PEIR Gross caption checkpoint with fairseq-generate --scoring cider, as BiomedGPT's
+# scripts/caption/evaluate_peir_gross.sh (beam 10, max_len_b 32, no_repeat_ngram_size 3).
+#
+# Usage: scripts/evaluate/peir_gross.sh [--dry-run] [--] [fairseq-generate flags, appended last]
+#
+# Data in DATA_DIR (default data/peir_gross): peir_gross_test.tsv (SELECTED_COLS, default 0,4,2 as in training).
+# CHECKPOINT defaults to $SAVE_DIR/checkpoint_best.pt of the fine-tuning run. Task settings come from the
+# checkpoint, without its validation CIDEr settings (so the training machine's document-frequency file is not
+# needed); the score's document frequencies come from the test references unless CIDER_CACHED_TOKENS is set.
+# Variables: DATA_DIR DATA CHECKPOINT SAVE_DIR ARCH SELECTED_COLS CIDER_CACHED_TOKENS BATCH_SIZE BEAM MAX_LEN_B
+# RESULTS_DIR, plus those of scripts/lib.sh (NGPUS, PRECISION, PYTHON, DRY_RUN, ...).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+parse_args "$@"
+
+DATA_DIR="${DATA_DIR:-$ROOT/data/peir_gross}"
+DATA="${DATA:-$DATA_DIR/peir_gross_test.tsv}"
+ARCH="${ARCH:-ofa_tiny}"
+SAVE_DIR="${SAVE_DIR:-$ROOT/runs/finetune/peir_gross/$ARCH}"
+CHECKPOINT="${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}"
+SELECTED_COLS="${SELECTED_COLS:-0,4,2}"
+BATCH_SIZE="${BATCH_SIZE:-16}"
+BEAM="${BEAM:-10}"
+MAX_LEN_B="${MAX_LEN_B:-32}"
+
+overrides='"selected_cols": '"$(py_str "$SELECTED_COLS")"', "eval_cider": False, "eval_cider_cached_tokens": None'
+flags=(--task caption --scoring cider --beam "$BEAM" --max-len-a 0 --max-len-b "$MAX_LEN_B"
+       --no-repeat-ngram-size 3)
+if [ -n "${CIDER_CACHED_TOKENS:-}" ]; then flags+=(--cider-cached-tokens "$CIDER_CACHED_TOKENS"); fi
+
+generate "$DATA" "$overrides" "${flags[@]}"
