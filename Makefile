@@ -9,7 +9,7 @@ install:
 	bash scripts/install.sh
 
 demo: install
-	.venv/bin/biomedgpt-check
+	.venv/bin/biomedgpt-demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -q

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocab-size", type=int, required=True,
                         help="SentencePiece vocabulary size (including <unk>; dict.txt gets one line fewer)")
     parser.add_argument("--output-dir", required=True, metavar="DIR", help="where spm.model, spm.vocab, dict.txt go")
+    parser.add_argument("--soft-vocab-limit", action="store_true",
+                        help="treat --vocab-size as an upper bound (small corpora may not have that many pieces)")
     parser.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
     parser.add_argument("--character-coverage", type=float, default=1.0,
                         help="share of characters the model covers (1.0: all; rarer ones become <unk>)")
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train(inputs: List[str], output_dir: str, vocab_size: int, tsv_cols: Optional[List[int]] = None,
           model_type: str = "unigram", character_coverage: float = 1.0, lowercase: bool = False,
-          input_sentence_size: int = 0, seed: int = 1, num_threads: int = 1) -> dict:
+          input_sentence_size: int = 0, seed: int = 1, num_threads: int = 1, hard_vocab_limit: bool = True) -> dict:
     """Train and write `spm.model`, `spm.vocab`, `dict.txt` under `output_dir`; returns a summary dict."""
     import sentencepiece as spm
 
@@ -114,6 +116,7 @@ def train(inputs: List[str], output_dir: str, vocab_size: int, tsv_cols: Optiona
             normalization_rule_name="nmt_nfkc", add_dummy_prefix=True, remove_extra_whitespaces=True,
             byte_fallback=False, max_sentence_length=1 << 16,
             input_sentence_size=input_sentence_size, shuffle_input_sentence=input_sentence_size > 0,
+            hard_vocab_limit=hard_vocab_limit,
             num_threads=num_threads, minloglevel=2)
 
         sp = spm.SentencePieceProcessor(model_file=os.path.join(output_dir, MODEL_PREFIX + ".model"))
@@ -162,7 +165,7 @@ def main(argv=None) -> int:
         cols = parse_cols(opts.tsv_cols)
         summary = train(opts.input, opts.output_dir, opts.vocab_size, cols, opts.model_type,
                         opts.character_coverage, opts.lowercase, opts.input_sentence_size, opts.seed,
-                        opts.num_threads)
+                        opts.num_threads, hard_vocab_limit=not opts.soft_vocab_limit)
     except (ValueError, FileNotFoundError) as exc:
         print(f"biomedgpt-train-spm: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,209 @@
+"""`biomedgpt-demo`: BiomedGPT (`ofa_tiny`) learns easy-VQA end to end with the stock fairseq commands.
+
+    biomedgpt-demo                      # ~15 min on a 2-core CPU (GPU used when present)
+    biomedgpt-demo --full               # the longer recipe (see BENCHMARKS.md for time and accuracy)
+    biomedgpt-demo --out runs/demo --fresh
+
+Stages: easy-VQA -> TSVs; a SentencePiece vocabulary trained on the questions and answers; `fairseq-train`
+(from scratch, or `--restore-file CKPT`); `fairseq-generate` with trie-constrained beam search and
+`fairseq-validate` on held-out test questions; a report with the accuracy next to the majority answer and the
+question-only prior, sample answers and where the checkpoint, logs and the training-curve PNG are.
+Everything goes under `--out`; re-running resumes (finished stages are skipped, training continues from
+`checkpoint_last.pt`), `--fresh` starts clean.
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from typing import List
+
+RECIPES = {
+    # name: (updates, batch size, test questions, validation questions, validate every N updates)
+    "default": (1400, 32, 2000, 400, 350),
+    "full": (6000, 32, None, 800, 1000),
+}
+VOCAB_SIZE = 128  # an upper bound: easy-VQA's text has fewer distinct pieces
+ARCH_FLAGS = [
+    "--arch", "ofa_tiny", "--encoder-normalize-before", "--decoder-normalize-before",
+    "--share-decoder-input-output-embed", "--share-all-embeddings", "--layernorm-embedding",
+    "--patch-layernorm-embedding", "--code-layernorm-embedding", "--add-type-embedding", "--scale-attn",
+    "--scale-fc", "--scale-heads", "--disable-entangle",
+]
+RECIPE_FLAGS = [
+    "--patch-image-size", "64", "--max-src-length", "32", "--max-tgt-length", "4", "--prompt-type", "prev_output",
+    "--dropout", "0.0", "--attention-dropout", "0.0", "--resnet-drop-path-rate", "0.0",
+    "--encoder-drop-path-rate", "0.0", "--decoder-drop-path-rate", "0.0",
+    "--criterion", "adjust_label_smoothed_cross_entropy", "--label-smoothing", "0.0",
+    "--optimizer", "adam", "--adam-betas", "(0.9,0.999)", "--adam-eps", "1e-08", "--weight-decay", "0.01",
+    "--clip-norm", "1.0", "--lr-scheduler", "polynomial_decay_ratio", "--warmup-ratio", "0.05",
+]
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def run(cmd: List[str], log_path: str, threads: int) -> str:
+    """Run `cmd`, echoing its output and writing it to `log_path`; returns the output."""
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
+    lines = []
+    with open(log_path, "a", encoding="utf-8") as log, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+            lines.append(line)
+    if process.returncode != 0:
+        raise SystemExit(f"biomedgpt-demo: command failed (exit {process.returncode}); log: {log_path}")
+    return "".join(lines)
+
+
+def fairseq(tool: str) -> List[str]:
+    return [sys.executable, "-m", f"fairseq_cli.{tool}"]
+
+
+def parse_curve(log: str):
+    losses = [(int(u), float(loss)) for loss, u in
+              re.findall(r"\| train_inner \|.*? loss=([\d.]+),.*? num_updates=(\d+)", log)]
+    scores = [(int(u), float(score)) for score, u in
+              re.findall(r"\| valid on 'valid' subset \|.*? vqa_score ([\d.]+) .*?\| num_updates (\d+)", log)]
+    return losses, scores
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--out", default="runs/easy_vqa", help="folder for everything the demo writes")
+    parser.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
+    parser.add_argument("--full", action="store_true", help="the longer recipe on the full test set")
+    parser.add_argument("--restore-file", default=None, help="start from this checkpoint instead of from scratch")
+    parser.add_argument("--updates", type=int, default=None, help="training updates (default: from the recipe)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train-questions", type=int, default=None, help="use at most this many (default: all)")
+    parser.add_argument("--test-questions", type=int, default=None, help="evaluate this many (default: recipe)")
+    parser.add_argument("--valid-questions", type=int, default=None)
+    parser.add_argument("--validate-every", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (OMP_NUM_THREADS)")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    parser.add_argument("--seed", type=int, default=1)
+    opts = parser.parse_args(argv)
+    updates, batch, test_n, valid_n, every = RECIPES["full" if opts.full else "default"]
+    updates, batch = opts.updates or updates, opts.batch_size or batch
+    test_n = opts.test_questions or test_n
+    valid_n, every = opts.valid_questions or valid_n, opts.validate_every or every
+
+    import torch
+
+    from ..demo.easy_vqa_data import (SELECTED_COLS, baselines, easy_vqa_questions, split_train, subsample,
+                                      write_answers, write_tsv)
+    from ..demo.plot import training_curve
+    from ..userdir import USER_DIR
+
+    started = time.time()
+    out = os.path.abspath(opts.out)
+    if opts.fresh and os.path.isdir(out):
+        shutil.rmtree(out)
+    folders = {name: os.path.join(out, name) for name in ("data", "vocab", "checkpoints", "logs")}
+    for folder in folders.values():
+        os.makedirs(folder, exist_ok=True)
+    gpu = torch.cuda.is_available() and not opts.cpu
+    device_flags = ["--fp16"] if gpu else ["--cpu"]
+
+    banner("1/5 easy-VQA -> TSV files")
+    train_all, test_all, answers = easy_vqa_questions()
+    train, valid = split_train(train_all)
+    train = subsample(train, opts.train_questions, opts.seed)
+    valid, test = subsample(valid, valid_n, opts.seed), subsample(test_all, test_n, opts.seed)
+    data = folders["data"]
+    paths = {name: os.path.join(data, f"{name}.tsv") for name in ("train", "valid", "test")}
+    for name, questions in (("train", train), ("valid", valid), ("test", test)):
+        if not os.path.isfile(paths[name]):
+            write_tsv(paths[name], questions)
+        print(f"{name}: {len(questions)} questions -> {paths[name]}")
+    ans2label = write_answers(os.path.join(data, "ans2label.json"), answers)
+
+    banner("2/5 SentencePiece vocabulary on the questions and answers")
+    vocab = folders["vocab"]
+    if not os.path.isfile(os.path.join(vocab, "dict.txt")):
+        from .train_spm import train as train_spm
+
+        text = os.path.join(data, "text.txt")  # every question and answer of the training split
+        with open(text, "w", encoding="utf-8") as handle:
+            handle.writelines(f"{q.question}\n{q.answer}\n" for q in train)
+        train_spm([text], vocab, VOCAB_SIZE, lowercase=True, hard_vocab_limit=False)
+    print(f"vocabulary: {vocab}")
+
+    banner(f"3/5 fairseq-train: ofa_tiny, {updates} updates of {batch} questions "
+           f"({'GPU' if gpu else f'CPU, {opts.threads} threads'})")
+    user_dir = USER_DIR
+    task_flags = ["--user-dir", user_dir, "--task", "vqa_gen", "--bpe-dir", vocab, "--selected-cols", SELECTED_COLS,
+                  "--ans2label-file", ans2label]
+    checkpoints = folders["checkpoints"]
+    train_log = os.path.join(folders["logs"], "train.log")
+    restore = ["--restore-file", opts.restore_file, "--reset-optimizer", "--reset-dataloader", "--reset-meters"] \
+        if opts.restore_file and not os.path.isfile(os.path.join(checkpoints, "checkpoint_last.pt")) else []
+    log = run(fairseq("train") + [
+        f"{paths['train']},{paths['valid']}", *task_flags, *ARCH_FLAGS, *RECIPE_FLAGS, *device_flags, *restore,
+        "--lr", str(opts.lr), "--batch-size", str(batch), "--max-update", str(updates), "--seed", str(opts.seed),
+        "--valid-batch-size", "13", "--batch-size-valid", "64", "--validate-interval-updates", str(every),
+        "--save-interval-updates", str(every), "--keep-interval-updates", "1", "--no-epoch-checkpoints",
+        "--best-checkpoint-metric", "vqa_score", "--maximize-best-checkpoint-metric", "--save-dir", checkpoints,
+        "--num-workers", "1", "--log-format", "simple", "--log-interval", "20",
+        "--tensorboard-logdir", os.path.join(folders["logs"], "tensorboard")], train_log, opts.threads)
+    best = os.path.join(checkpoints, "checkpoint_best.pt")
+    if not os.path.isfile(best):
+        best = os.path.join(checkpoints, "checkpoint_last.pt")
+    with open(train_log, encoding="utf-8") as handle:
+        losses, scores = parse_curve(handle.read())
+    curve = training_curve(os.path.join(out, "training_curve.png"), losses, scores, "vqa_score")
+
+    banner("4/5 fairseq-generate (trie-constrained beam search) and fairseq-validate on the test questions")
+    predictions = os.path.join(out, "test_predict.json")
+    generated = run(fairseq("generate") + [
+        f"{paths['train']},{paths['test']}", *task_flags, "--path", best, "--gen-subset", "test", "--beam", "5",
+        "--batch-size", "64", "--scoring", "vqa_accuracy", "--predictions-json", predictions,
+        "--model-overrides", "{'val_inference_type': 'beamsearch'}", *device_flags],
+        os.path.join(folders["logs"], "generate.log"), opts.threads)
+    validated = run(fairseq("validate") + [
+        f"{paths['train']},{paths['test']}", *task_flags, "--path", best, "--valid-subset", "valid",
+        "--batch-size", "64", *device_flags], os.path.join(folders["logs"], "validate.log"), opts.threads)
+
+    banner("5/5 results")
+    reported = float(re.search(r"VQA accuracy = ([\d.]+)", generated).group(1))
+    with open(predictions, encoding="utf-8") as handle:
+        predicted = {r["question_id"]: r["answer"] for r in json.load(handle)}
+    truth = {q.qid: q for q in test}
+    accuracy = 100.0 * sum(predicted[qid] == q.answer for qid, q in truth.items()) / len(truth)
+    allcand = re.search(r"vqa_score ([\d.]+)", validated)
+    base = baselines(train, test)
+    report = {
+        "test_questions": len(test), "accuracy": round(accuracy, 2), "generate_score_line": reported,
+        "validate_all_candidates": float(allcand.group(1)) * 100 if allcand else None,
+        "majority_baseline": round(base["majority"], 2), "question_only_prior": round(base["question_only"], 2),
+        "updates": updates, "minutes": round((time.time() - started) / 60, 1),
+        "checkpoint": best, "logs": folders["logs"], "training_curve": curve, "predictions": predictions,
+    }
+    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=1)
+    print(f"test accuracy (beam search, {len(test)} questions): {accuracy:.2f}%   "
+          f"[fairseq-generate: {reported:.2f}%; all-candidate scoring: {report['validate_all_candidates']}]")
+    print(f"majority answer ({base['majority_answer']!r}): {base['majority']:.2f}%   "
+          f"question-only prior: {base['question_only']:.2f}%")
+    print("sample answers:")
+    for qid in list(truth)[:6]:
+        q = truth[qid]
+        print(f"  {q.image_id}.png  {q.question:<40} truth: {q.answer:<10} model: {predicted[qid]}")
+    print(f"checkpoint: {best}\nlogs: {folders['logs']}\ntraining curve: {curve}\nreport: "
+          f"{os.path.join(out, 'report.json')}\ntotal time: {report['minutes']} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

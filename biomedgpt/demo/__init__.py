@@ -1,0 +1,1 @@
+"""The main job of the README: BiomedGPT learning easy-VQA end to end through stock fairseq commands."""

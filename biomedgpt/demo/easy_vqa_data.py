@@ -1,0 +1,92 @@
+"""easy-VQA (PyPI `easy-vqa`: 64x64 shape images, 13 answers) as BiomedGPT `vqa_gen` TSVs, plus the baselines
+the demo must beat: the majority answer and the question-only prior (the best answer for each question text
+on the training set, i.e. what a model that ignores the image can reach).
+
+Splits: training images whose id is a multiple of `VALID_EVERY` are held out as validation; the test split is
+easy-VQA's own. Rows: `question_id, image_id, question, 1.0|!+answer, objects(empty), base64 PNG`
+(`--selected-cols 0,5,2,3,4`).
+"""
+import base64
+import collections
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+VALID_EVERY = 50
+SELECTED_COLS = "0,5,2,3,4"
+
+
+@dataclass
+class Question:
+    qid: str
+    image_id: str
+    question: str
+    answer: str
+    image_path: str
+
+
+def easy_vqa_questions() -> Tuple[List[Question], List[Question], List[str]]:
+    """(train questions, test questions, the 13 answers) from the installed `easy-vqa` package."""
+    try:
+        import easy_vqa
+    except ImportError:
+        raise SystemExit("the demo needs the easy-vqa package: pip install easy-vqa") from None
+    out = []
+    for split, questions, paths in (("train", easy_vqa.get_train_questions(), easy_vqa.get_train_image_paths()),
+                                    ("test", easy_vqa.get_test_questions(), easy_vqa.get_test_image_paths())):
+        texts, answers, images = questions
+        out.append([Question(f"{split}{i}", f"{split}{image}", text, answer, paths[image])
+                    for i, (text, answer, image) in enumerate(zip(texts, answers, images))])
+    return out[0], out[1], list(easy_vqa.get_answers())
+
+
+def split_train(train: List[Question]) -> Tuple[List[Question], List[Question]]:
+    """Training images with id % VALID_EVERY == 0 (and all their questions) become the validation split."""
+    held_out = lambda q: int(q.image_id[len("train"):]) % VALID_EVERY == 0  # noqa: E731
+    return [q for q in train if not held_out(q)], [q for q in train if held_out(q)]
+
+
+def subsample(questions: List[Question], limit: Optional[int], seed: int) -> List[Question]:
+    """At most `limit` questions, drawn at random (fixed by `seed`), kept in their original order."""
+    if limit is None or limit >= len(questions):
+        return questions
+    keep = np.sort(np.random.default_rng(seed).choice(len(questions), size=limit, replace=False))
+    return [questions[i] for i in keep]
+
+
+def write_tsv(path: str, questions: List[Question]) -> str:
+    cache: Dict[str, str] = {}
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for q in questions:
+            if q.image_path not in cache:
+                with open(q.image_path, "rb") as image:
+                    cache[q.image_path] = base64.b64encode(image.read()).decode("ascii")
+            handle.write("\t".join([q.qid, q.image_id, q.question, f"1.0|!+{q.answer}", "", cache[q.image_path]])
+                         + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def write_answers(path: str, answers: List[str]) -> str:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({answer: i for i, answer in enumerate(answers)}, handle, indent=1)
+    return path
+
+
+def baselines(train: List[Question], test: List[Question]) -> Dict[str, float]:
+    """Test accuracy (percent) of the majority answer and of the question-only prior."""
+    counts = collections.Counter(q.answer for q in train)
+    majority = counts.most_common(1)[0][0]
+    by_question: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for q in train:
+        by_question[q.question][q.answer] += 1
+    prior = {text: c.most_common(1)[0][0] for text, c in by_question.items()}
+    return {
+        "majority": 100.0 * sum(q.answer == majority for q in test) / len(test),
+        "question_only": 100.0 * sum(prior.get(q.question, majority) == q.answer for q in test) / len(test),
+        "majority_answer": majority,
+    }
