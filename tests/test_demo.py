@@ -9,7 +9,7 @@ import sys
 import pytest
 from PIL import Image
 
-SMALL = ["--train-questions", "240", "--test-questions", "48", "--valid-questions", "24", "--updates", "4",
+SMALL = ["--train-questions", "240", "--test-questions", "48", "--valid-questions", "24", "--warmup-updates", "2", "--updates", "4",
          "--validate-every", "2", "--batch-size", "8", "--threads", "1", "--cpu"]
 
 
@@ -27,6 +27,7 @@ def test_demo_end_to_end_in_a_reduced_setting(tmp_path):
     log = demo(out, "--fresh")
     for stage in ("1/5", "2/5", "3/5", "4/5", "5/5"):
         assert f"=== {stage}" in log
+    assert "--- warm-up: 2 updates on" in log and "--bf16" in log  # grounding warm-up, bf16 on the CPU
     for name in ("checkpoints/checkpoint_best.pt", "logs/train.log", "logs/generate.log", "logs/validate.log",
                  "data/train.tsv", "data/test.tsv", "vocab/spm.model", "vocab/dict.txt", "test_predict.json",
                  "report.json"):

@@ -1,6 +1,7 @@
 """Pretraining (`unify_task`): span masking, location bins and code offsets by hand; samples that depend only on
 (seed, epoch, row); negatives without `--neg-sample-dir`; and a tiny `fairseq-train` run on all four TSVs (image
 codes from a random-weight GumbelVQ) that logs both batch kinds and resumes to the same losses."""
+import os
 import re
 
 import numpy as np
@@ -188,3 +189,17 @@ def test_pretraining_logs_both_batches_and_resumes_to_the_same_losses(corpus, tm
     again = logged_losses(resumed)
     assert set(again) == {"3", "4"}
     assert {k: losses[k] for k in again} == again  # the same batches (and patch subsets) after the resume
+
+
+@pytest.mark.slow
+def test_pretrain_script_runs_at_tiny_scale(corpus, tmp_path):
+    """scripts/pretrain/pretrain_tiny.sh with the corpus, shrunk by pass-through flags, trains for 2 updates."""
+    from test_scripts import run_script
+
+    folder = os.path.dirname(corpus["vision_language"])
+    result = run_script("pretrain/pretrain_tiny.sh", "--", *TINY, "--patch-image-size", "64", "--sample-patch-num",
+                        "8", "--max-update", "2", "--num-workers", "0", cwd=tmp_path, DATA_DIR=folder,
+                        SAVE_DIR=str(tmp_path / "ckpt"), BATCH_SIZE="4", USER_DIR=None)
+    log = result.stdout + result.stderr
+    assert re.search(r"loss_v1 [\d.]+ .*loss_v2 [\d.]+ .*num_updates 2\b", log), log[-3000:]
+    assert (tmp_path / "ckpt" / "checkpoint_last.pt").is_file(), log[-2000:]

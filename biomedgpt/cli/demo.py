@@ -5,7 +5,8 @@
     biomedgpt-demo --out runs/demo --fresh
 
 Stages: easy-VQA -> TSVs; a SentencePiece vocabulary trained on the questions and answers; `fairseq-train`
-(from scratch, or `--restore-file CKPT`); `fairseq-generate` with trie-constrained beam search and
+(from scratch, or `--restore-file CKPT`): a short image-grounding warm-up on the colour/shape questions (which
+the question alone cannot answer), then all questions; `fairseq-generate` with trie-constrained beam search and
 `fairseq-validate` on held-out test questions; a report with the accuracy next to the majority answer and the
 question-only prior, sample answers and where the checkpoint, logs and the training-curve PNG are.
 Everything goes under `--out`; re-running resumes (finished stages are skipped, training continues from
@@ -23,9 +24,9 @@ import time
 from typing import List
 
 RECIPES = {
-    # name: (updates, batch size, test questions, validation questions, validate every N updates)
-    "default": (1400, 32, 2000, 400, 350),
-    "full": (6000, 32, None, 800, 1000),
+    # name: (warm-up updates, updates, batch size, test questions, validation questions, validate every N updates)
+    "default": (200, 550, 32, 2000, 400, 275),
+    "full": (600, 5000, 32, None, 800, 1000),
 }
 VOCAB_SIZE = 128  # an upper bound: easy-VQA's text has fewer distinct pieces
 ARCH_FLAGS = [
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
     parser.add_argument("--full", action="store_true", help="the longer recipe on the full test set")
     parser.add_argument("--restore-file", default=None, help="start from this checkpoint instead of from scratch")
+    parser.add_argument("--warmup-updates", type=int, default=None,
+                        help="image-grounding warm-up updates on the colour/shape questions (default: recipe)")
     parser.add_argument("--updates", type=int, default=None, help="training updates (default: from the recipe)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -92,17 +95,20 @@ def main(argv=None) -> int:
     parser.add_argument("--validate-every", type=int, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (OMP_NUM_THREADS)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    parser.add_argument("--fp32", action="store_true",
+                        help="train in fp32 (default: bf16 weights with fp32 master copies on the CPU, fp16 on a GPU)")
     parser.add_argument("--seed", type=int, default=1)
     opts = parser.parse_args(argv)
-    updates, batch, test_n, valid_n, every = RECIPES["full" if opts.full else "default"]
+    warmup, updates, batch, test_n, valid_n, every = RECIPES["full" if opts.full else "default"]
+    warmup = opts.warmup_updates if opts.warmup_updates is not None else warmup
     updates, batch = opts.updates or updates, opts.batch_size or batch
     test_n = opts.test_questions or test_n
     valid_n, every = opts.valid_questions or valid_n, opts.validate_every or every
 
     import torch
 
-    from ..demo.easy_vqa_data import (SELECTED_COLS, baselines, easy_vqa_questions, split_train, subsample,
-                                      write_answers, write_tsv)
+    from ..demo.easy_vqa_data import (SELECTED_COLS, baselines, easy_vqa_questions, open_questions, split_train,
+                                      subsample, write_answers, write_tsv)
     from ..demo.plot import training_curve
     from ..userdir import USER_DIR
 
@@ -114,7 +120,8 @@ def main(argv=None) -> int:
     for folder in folders.values():
         os.makedirs(folder, exist_ok=True)
     gpu = torch.cuda.is_available() and not opts.cpu
-    device_flags = ["--fp16"] if gpu else ["--cpu"]
+    device_flags = [] if gpu else ["--cpu"]
+    precision = [] if opts.fp32 else ["--fp16"] if gpu else ["--bf16"]
 
     banner("1/5 easy-VQA -> TSV files")
     train_all, test_all, answers = easy_vqa_questions()
@@ -122,8 +129,9 @@ def main(argv=None) -> int:
     train = subsample(train, opts.train_questions, opts.seed)
     valid, test = subsample(valid, valid_n, opts.seed), subsample(test_all, test_n, opts.seed)
     data = folders["data"]
-    paths = {name: os.path.join(data, f"{name}.tsv") for name in ("train", "valid", "test")}
-    for name, questions in (("train", train), ("valid", valid), ("test", test)):
+    paths = {name: os.path.join(data, f"{name}.tsv") for name in ("train", "grounding", "valid", "test")}
+    for name, questions in (("train", train), ("grounding", open_questions(train)), ("valid", valid),
+                            ("test", test)):
         if not os.path.isfile(paths[name]):
             write_tsv(paths[name], questions)
         print(f"{name}: {len(questions)} questions -> {paths[name]}")
@@ -140,23 +148,32 @@ def main(argv=None) -> int:
         train_spm([text], vocab, VOCAB_SIZE, lowercase=True, hard_vocab_limit=False)
     print(f"vocabulary: {vocab}")
 
-    banner(f"3/5 fairseq-train: ofa_tiny, {updates} updates of {batch} questions "
+    banner(f"3/5 fairseq-train: ofa_tiny from {opts.restore_file or 'scratch'}, {warmup} warm-up updates on the "
+           f"colour/shape questions, then {updates} updates on all questions, {batch} a batch "
            f"({'GPU' if gpu else f'CPU, {opts.threads} threads'})")
-    user_dir = USER_DIR
-    task_flags = ["--user-dir", user_dir, "--task", "vqa_gen", "--bpe-dir", vocab, "--selected-cols", SELECTED_COLS,
+    task_flags = ["--user-dir", USER_DIR, "--task", "vqa_gen", "--bpe-dir", vocab, "--selected-cols", SELECTED_COLS,
                   "--ans2label-file", ans2label]
-    checkpoints = folders["checkpoints"]
-    train_log = os.path.join(folders["logs"], "train.log")
-    restore = ["--restore-file", opts.restore_file, "--reset-optimizer", "--reset-dataloader", "--reset-meters"] \
-        if opts.restore_file and not os.path.isfile(os.path.join(checkpoints, "checkpoint_last.pt")) else []
-    log = run(fairseq("train") + [
-        f"{paths['train']},{paths['valid']}", *task_flags, *ARCH_FLAGS, *RECIPE_FLAGS, *device_flags, *restore,
-        "--lr", str(opts.lr), "--batch-size", str(batch), "--max-update", str(updates), "--seed", str(opts.seed),
-        "--valid-batch-size", "13", "--batch-size-valid", "64", "--validate-interval-updates", str(every),
-        "--save-interval-updates", str(every), "--keep-interval-updates", "1", "--no-epoch-checkpoints",
-        "--best-checkpoint-metric", "vqa_score", "--maximize-best-checkpoint-metric", "--save-dir", checkpoints,
-        "--num-workers", "1", "--log-format", "simple", "--log-interval", "20",
-        "--tensorboard-logdir", os.path.join(folders["logs"], "tensorboard")], train_log, opts.threads)
+    checkpoints, train_log = folders["checkpoints"], os.path.join(folders["logs"], "train.log")
+    common = [*task_flags, *ARCH_FLAGS, *RECIPE_FLAGS, *device_flags, *precision, "--lr", str(opts.lr),
+              "--batch-size", str(batch), "--seed", str(opts.seed), "--valid-batch-size", "13",
+              "--batch-size-valid", "64", "--keep-interval-updates", "1", "--no-epoch-checkpoints",
+              "--best-checkpoint-metric", "vqa_score", "--maximize-best-checkpoint-metric", "--num-workers", "1",
+              "--log-format", "simple", "--log-interval", "20"]
+    start = opts.restore_file
+    if warmup > 0:
+        warm_dir = os.path.join(checkpoints, "warmup")
+        print(f"--- warm-up: {warmup} updates on {len(open_questions(train))} colour/shape questions")
+        run(fairseq("train") + [
+            f"{paths['grounding']},{paths['valid']}", *common, "--max-update", str(warmup),
+            "--save-dir", warm_dir, "--save-interval-updates", str(warmup), "--validate-interval-updates",
+            str(warmup), *(["--finetune-from-model", start] if start else [])], train_log, opts.threads)
+        start = os.path.join(warm_dir, "checkpoint_last.pt")
+    print(f"--- training: {updates} updates on all {len(train)} questions")
+    run(fairseq("train") + [
+        f"{paths['train']},{paths['valid']}", *common, "--max-update", str(updates), "--save-dir", checkpoints,
+        "--save-interval-updates", str(every), "--validate-interval-updates", str(every),
+        "--tensorboard-logdir", os.path.join(folders["logs"], "tensorboard"),
+        *(["--finetune-from-model", start] if start else [])], train_log, opts.threads)
     best = os.path.join(checkpoints, "checkpoint_best.pt")
     if not os.path.isfile(best):
         best = os.path.join(checkpoints, "checkpoint_last.pt")

@@ -49,6 +49,12 @@ def split_train(train: List[Question]) -> Tuple[List[Question], List[Question]]:
     return [q for q in train if not held_out(q)], [q for q in train if held_out(q)]
 
 
+def open_questions(questions: List[Question]) -> List[Question]:
+    """The colour / shape questions (answer not yes/no): the question text alone cannot answer them, so a model
+    trained on them must look at the image (the demo's image-grounding warm-up)."""
+    return [q for q in questions if q.answer not in ("yes", "no")]
+
+
 def subsample(questions: List[Question], limit: Optional[int], seed: int) -> List[Question]:
     """At most `limit` questions, drawn at random (fixed by `seed`), kept in their original order."""
     if limit is None or limit >= len(questions):
