@@ -4,6 +4,7 @@ Pickles are read with an unpickler that refuses every global, so only plain data
 can come out of them; nothing in the file is executed.
 """
 import json
+import math
 import os
 import pickle
 from typing import Dict, Optional
@@ -47,7 +48,12 @@ def parse_answer_confidences(text: str) -> Dict[str, float]:
         conf, sep, answer = item.partition("|!+")
         if not sep:
             raise ValueError(f"answer {item!r} is not of the form 'confidence|!+answer'")
-        answers[answer] = float(conf)
+        value = float(conf)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"answer {item!r}: the confidence must be a finite number >= 0")
+        if not answer.strip():
+            raise ValueError(f"answer {item!r}: empty answer")
+        answers[answer] = value
     if not answers:
         raise ValueError("no answer given")
     return answers

@@ -34,6 +34,8 @@ def b64_to_bytes(text: str) -> bytes:
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     """Scale any numeric image array to 0..255 (min-max; constant images become 0)."""
     array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError("pixel values are not finite (NaN or infinity)")
     low, high = float(array.min()), float(array.max())
     if high <= low:
         return np.zeros(array.shape, dtype=np.uint8)

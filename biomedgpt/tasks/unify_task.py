@@ -13,6 +13,7 @@ from typing import Optional
 from fairseq.tasks import register_task
 
 from ..data.datasets.unify import UnifyDataset
+from ..data.errors import DataError
 from ..data.negatives import NegativeSamples
 from ..data.tsv import IndexedTSV, parse_selected_cols
 from .ofa_task import OFAConfig, OFATask
@@ -46,6 +47,16 @@ class UnifyConfig(OFAConfig):
         "help": "symbols replacing a masked span: 1 one, -1 one per token, 0 none (deleted)"})
 
 
+def _readable_rows(tsv):
+    """The rows of `tsv` that decode and have the selected columns; a bad row raises (or is skipped with
+    --skip-invalid-rows) when the dataset reads it, not while the negatives are derived."""
+    for index in range(len(tsv)):
+        try:
+            yield tsv[index]
+        except DataError:
+            continue
+
+
 @register_task("unify_task", dataclass=UnifyConfig)
 class UnifyTask(OFATask):
     column_names = ["uniq_id", "image", "caption", "question", "refs", "gt_objects", "dataset_name", "type"]
@@ -67,7 +78,7 @@ class UnifyTask(OFATask):
     def dataset_class(self, split, tsv, *args, **kwargs):
         cfg = self.cfg
         if self.negatives is None:
-            self.negatives = NegativeSamples.load(cfg.neg_sample_dir, (tsv[i] for i in range(len(tsv))))
+            self.negatives = NegativeSamples.load(cfg.neg_sample_dir, _readable_rows(tsv))
         extras = {
             "text_tsv": self.extra_tsv(cfg.text_data, cfg.text_selected_cols, ["id", "text"]),
             "image_tsv": self.extra_tsv(cfg.image_data, cfg.image_selected_cols, ["id", "image", "codes"]),
