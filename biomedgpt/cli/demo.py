@@ -25,7 +25,7 @@ from typing import List
 
 RECIPES = {
     # name: (warm-up updates, updates, batch size, test questions, validation questions, validate every N updates)
-    "default": (200, 550, 32, 2000, 400, 275),
+    "default": (150, 450, 32, 1000, 400, 225),
     "full": (600, 5000, 32, None, 800, 1000),
 }
 VOCAB_SIZE = 128  # an upper bound: easy-VQA's text has fewer distinct pieces
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument("--test-questions", type=int, default=None, help="evaluate this many (default: recipe)")
     parser.add_argument("--valid-questions", type=int, default=None)
     parser.add_argument("--validate-every", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (OMP_NUM_THREADS)")
+    parser.add_argument("--threads", type=int, default=1 if (os.cpu_count() or 1) <= 2 else 4,
+                        help="CPU threads (default 1 on machines with <= 2 cores: a busy neighbour stalls 2 threads)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     parser.add_argument("--fp32", action="store_true",
                         help="train in fp32 (default: bf16 weights with fp32 master copies on the CPU, fp16 on a GPU)")
@@ -185,6 +186,7 @@ def main(argv=None) -> int:
     predictions = os.path.join(out, "test_predict.json")
     generated = run(fairseq("generate") + [
         f"{paths['train']},{paths['test']}", *task_flags, "--path", best, "--gen-subset", "test", "--beam", "5",
+        "--unnormalized",  # answers of different lengths compete by total log-probability, as in the reference
         "--batch-size", "64", "--scoring", "vqa_accuracy", "--predictions-json", predictions,
         "--model-overrides", "{'val_inference_type': 'beamsearch'}", *device_flags],
         os.path.join(folders["logs"], "generate.log"), opts.threads)
