@@ -19,6 +19,12 @@ Each adjustment is one private function below whose docstring names the breakage
 5. `_quiet_known_warnings`: the hydra / torch deprecation warnings that stock fairseq triggers.
 6. `_accept_tsv_file_data`: `fairseq-train` with comma-separated TSV files as `data` needed
    `--ignore-unused-valid-subsets`.
+7. `_one_line_checkpoint_errors`: in the `fairseq-*` commands, a checkpoint that cannot be used (unsafe, unreadable,
+   of another architecture or vocabulary, without EMA weights) ends the command with its one-line message instead
+   of a traceback (set BIOMEDGPT_TRACEBACK=1 for the traceback).
+8. `_atomic_checkpoint_copies`: fairseq writes `checkpoint_N_M.pt` atomically (temp file + rename) but then *copies*
+   it to `checkpoint_last.pt` / `checkpoint_best.pt` in place, so a crash during the copy leaves a truncated
+   `checkpoint_last.pt` that the next run fails to resume from.
 
 Rules for this module: never turn off weights-only loading (no `weights_only=False`, no
 `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`) and never allow-list anything that can run code; patch nothing that is
@@ -28,6 +34,7 @@ import argparse
 import os
 import pickle
 import re
+import shutil
 import sys
 import traceback
 import warnings
@@ -43,7 +50,7 @@ try:
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import scalar as _np_scalar
 
-__all__ = ["apply", "SAFE_GLOBALS", "UnsafeCheckpointError", "CheckpointReadError"]
+__all__ = ["apply", "SAFE_GLOBALS", "UnsafeCheckpointError", "CheckpointReadError", "CheckpointMismatchError"]
 
 _APPLIED = False
 _MARK = "_biomedgpt_compat"  # attribute set on every wrapper, so nothing is wrapped twice
@@ -80,6 +87,10 @@ class CheckpointReadError(RuntimeError):
             f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint "
             f"({type(exc).__name__}: {detail})"
         )
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A readable checkpoint whose tensors do not fit the model (another architecture or vocabulary)."""
 
 
 def _marked(fn):
@@ -277,6 +288,75 @@ def _accept_tsv_file_data():
     data_utils.raise_if_valid_subsets_unintentionally_ignored = check_folders_only
 
 
+def _one_line_error(exc):
+    """The checkpoint error behind `exc` (itself, or what fairseq re-raised it as), if any."""
+    from .ema_weights import MissingEMAError
+
+    kinds = (UnsafeCheckpointError, CheckpointReadError, CheckpointMismatchError, MissingEMAError)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kinds):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _one_line_checkpoint_errors(argv0=None):
+    """A stock `fairseq-generate` / `fairseq-validate` / `fairseq-train` that meets an unusable checkpoint prints
+    the deep torch / fairseq traceback (for `--restore-file`, fairseq even replaces the reason by "please ensure
+    that the architectures match"). In those commands only, print `<command>: error: <one-line reason>` and exit
+    with status 1; other exceptions, and Python callers, are unchanged."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    command = os.path.basename(argv0)
+    if not (command.startswith("fairseq-") or os.path.basename(os.path.dirname(argv0)) == "fairseq_cli"):
+        return
+    if getattr(sys.excepthook, _MARK, False) or os.environ.get("BIOMEDGPT_TRACEBACK"):
+        return
+    previous = sys.excepthook
+    name = command if command.startswith("fairseq-") else "fairseq-" + os.path.splitext(command)[0]
+
+    def excepthook(kind, exc, tb):
+        reason = _one_line_error(exc)
+        if reason is None:
+            return previous(kind, exc, tb)
+        context = f" ({exc})" if exc is not reason and str(exc) else ""
+        sys.stderr.write(f"{name}: error: {reason}{context}\n")
+        sys.stderr.flush()
+
+    sys.excepthook = _marked(excepthook)
+
+
+def _atomic_checkpoint_copies():
+    """`fairseq.checkpoint_utils.save_checkpoint` writes the first checkpoint name atomically, then
+    `PathManager.copy`s it to the other names (`checkpoint_last.pt`, `checkpoint_best.pt`, ...), and that copy
+    writes the destination in place: killed during it, `checkpoint_last.pt` is left truncated and the run cannot
+    resume. Local copies now go to a temporary file in the same folder, renamed over the destination when complete."""
+    from fairseq.file_io import PathManager
+
+    copy = PathManager.copy
+    if getattr(copy, _MARK, False):
+        return
+
+    def atomic_copy(src_path, dst_path, overwrite=False):
+        if "://" in str(src_path) or "://" in str(dst_path):
+            return copy(src_path, dst_path, overwrite)
+        if os.path.exists(dst_path) and not overwrite:
+            return copy(src_path, dst_path, overwrite)  # the stock error for an existing destination
+        folder = os.path.dirname(os.path.abspath(dst_path))
+        tmp = os.path.join(folder, f".{os.path.basename(dst_path)}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(src_path, tmp)
+            os.replace(tmp, dst_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return True
+
+    atomic_copy.__wrapped__ = copy  # the stock copy, for comparisons
+    PathManager.copy = staticmethod(_marked(atomic_copy))
+
+
 def apply():
     """Apply every adjustment once; later calls do nothing."""
     global _APPLIED
@@ -288,4 +368,6 @@ def apply():
     _copy_integer_buffers_in_ema()
     _accept_tsv_file_data()
     _quiet_known_warnings()
+    _one_line_checkpoint_errors()
+    _atomic_checkpoint_copies()
     _APPLIED = True

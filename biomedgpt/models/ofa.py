@@ -2,6 +2,7 @@
 classification heads, and loading of released or older checkpoints (`upgrade_state_dict_named`).
 """
 import logging
+import re
 from typing import Optional
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from fairseq.models import FairseqEncoderDecoderModel, register_model
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 
+from ..compat import CheckpointMismatchError
 from .arguments import add_model_args
 from .decoder import OFADecoder
 from .embedding import embedding_table
@@ -19,6 +21,56 @@ from .heads import OFAClassificationHead
 logger = logging.getLogger(__name__)
 
 TIED_EMBEDDINGS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
+# Tensors every OFA checkpoint has (legacy names are converted before this is checked): when one of them is missing,
+# the checkpoint is of another architecture, and filling it from the fresh model would silently give random weights.
+CORE_KEY = re.compile(r"(encoder|decoder)\.layers\.\d+\.((self_attn|encoder_attn)\.(q|k|v|out)_proj|fc1|fc2)\.weight$"
+                      r"|encoder\.embed_tokens\.weight$")
+# A token-embedding row count this far from the dictionary's is another vocabulary (--bpe-dir, --code-dict-size,
+# --num-bins), not a few symbols added at the end (which the reference resizes for).
+VOCABULARY_CHANGE = 0.01
+FIX_ARCHITECTURE = ("build the model as the checkpoint was trained (its --arch and size flags; fairseq-generate, "
+                    "fairseq-validate and biomedgpt.inference.load take them from the checkpoint, so drop "
+                    "--model-overrides that change them)")
+
+
+def _layers(keys, stack: str) -> int:
+    found = {int(m.group(1)) for m in (re.match(rf"{stack}\.layers\.(\d+)\.", k) for k in keys) if m}
+    return max(found) + 1 if found else 0
+
+
+def _dim(state, key: str, axis: int):
+    return tuple(state[key].shape)[axis] if key in state and state[key].dim() > axis else None
+
+
+def describe_mismatch(model_state, checkpoint_state) -> str:
+    """One line: how a checkpoint's tensors differ from a model's (layer counts, widths, backbone, examples)."""
+    parts = []
+    for stack in ("encoder", "decoder"):
+        ours, theirs = _layers(model_state, stack), _layers(checkpoint_state, stack)
+        if ours != theirs:
+            parts.append(f"{theirs} {stack} layers in the checkpoint, {ours} in the model (--{stack}-layers)")
+    for what, key, axis, flag in (("embedding dim", "encoder.embed_tokens.weight", 1, "--encoder-embed-dim"),
+                                  ("encoder FFN dim", "encoder.layers.0.fc1.weight", 0, "--encoder-ffn-embed-dim"),
+                                  ("decoder FFN dim", "decoder.layers.0.fc1.weight", 0, "--decoder-ffn-embed-dim")):
+        ours, theirs = _dim(model_state, key, axis), _dim(checkpoint_state, key, axis)
+        if None not in (ours, theirs) and ours != theirs:
+            parts.append(f"{what} {theirs} in the checkpoint, {ours} in the model ({flag})")
+    backbone = [{k for k in state if k.startswith("encoder.embed_images.")}
+                for state in (model_state, checkpoint_state)]
+    if backbone[0] != backbone[1]:
+        parts.append("another ResNet image backbone (--resnet-type)")
+    shapes = [k for k in model_state if k in checkpoint_state and model_state[k].shape != checkpoint_state[k].shape]
+    unexpected = [k for k in checkpoint_state if k not in model_state]
+    missing = [k for k in model_state if k not in checkpoint_state]
+    for count, what, keys in ((len(shapes), "tensors of another shape", shapes),
+                              (len(unexpected), "tensors the model does not have", unexpected),
+                              (len(missing), "model tensors missing", missing)):
+        if count:
+            key = keys[0]
+            detail = (f"{key}: {tuple(checkpoint_state[key].shape)} in the checkpoint, {tuple(model_state[key].shape)}"
+                      f" in the model" if keys is shapes else key)
+            parts.append(f"{count} {what} (e.g. {detail})")
+    return "; ".join(parts) or "the tensors do not match"
 
 
 def _check_args(args) -> None:
@@ -193,9 +245,29 @@ class OFAModel(FairseqEncoderDecoderModel):
                     break
         current = self.state_dict()
         state_dict[f"{prefix}decoder.image_position_idx"] = current["decoder.image_position_idx"]
-        for key, value in current.items():
-            if f"{prefix}{key}" not in state_dict and not key.startswith("classification_heads."):
-                state_dict[f"{prefix}{key}"] = value
+        missing = [key for key in current if f"{prefix}{key}" not in state_dict
+                   and not key.startswith("classification_heads.")]
+        if any(CORE_KEY.match(key) for key in missing):
+            ours = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            detail = describe_mismatch(current, ours)
+            raise CheckpointMismatchError(f"the checkpoint does not fit this model: {detail}; {FIX_ARCHITECTURE}")
+        if missing:
+            logger.warning(f"the checkpoint lacks {len(missing)} tensors of this model, which keep their initial "
+                           f"values (e.g. {missing[0]}); expected for options added after its training (attention "
+                           f"layer norms, relative position tables, prompts, adapters)")
+        for key in missing:
+            state_dict[f"{prefix}{key}"] = current[key]
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """fairseq's loading (upgrade, then torch); a checkpoint of another shape raises CheckpointMismatchError
+        with one line saying what differs instead of torch's list of every tensor."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        except RuntimeError as exc:
+            if "Error(s) in loading state_dict" not in str(exc):
+                raise
+            detail = describe_mismatch(self.state_dict(), state_dict)
+        raise CheckpointMismatchError(f"the checkpoint does not fit this model: {detail}; {FIX_ARCHITECTURE}")
 
     def _upgrade_heads(self, state_dict, prefix: str) -> None:
         """Keep checkpoint heads that match registered ones; drop others; add missing registered heads."""
@@ -230,6 +302,12 @@ class OFAModel(FairseqEncoderDecoderModel):
         wanted = len(dictionary)
         if loaded == wanted:
             return
+        added = len(self.ans_tensor_list) if self.ans_tensor_list is not None else None
+        if added != wanted - loaded and abs(wanted - loaded) > max(8, VOCABULARY_CHANGE * wanted):
+            raise CheckpointMismatchError(
+                f"the checkpoint has {loaded} token embeddings but this model's dictionary has {wanted} symbols: it "
+                f"was trained with another vocabulary; use the --bpe-dir (and --code-dict-size / --num-bins) it was "
+                f"trained with")
         if loaded > wanted:
             logger.warning(f"checkpoint has {loaded} token embeddings, the dictionary {wanted}: dropping the last "
                            f"{loaded - wanted} rows")
