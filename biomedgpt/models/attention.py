@@ -43,9 +43,13 @@ def merge_masks(
 ) -> Optional[Tensor]:
     """One additive mask `[B|1, H|1, T, S]` from a position bias, a float/bool mask and a key padding mask.
 
-    The bias covers the last `S - prompt_len` keys (prefix-prompt keys get no bias), as in the reference.
+    The bias covers the last `S - prompt_len` keys (prefix-prompt keys get no bias), as in the reference. It is
+    capped at the largest finite value of `dtype`: a bias that overflowed in fp16 (+inf) would make its whole
+    softmax row NaN, and in fp32 that entry would dominate the row anyway.
     """
     mask = attn_bias
+    if mask is not None and mask.is_floating_point():
+        mask = mask.clamp(max=torch.finfo(dtype).max)
     if mask is not None and prompt_len > 0:
         mask = F.pad(mask, (prompt_len, 0))
     if attn_mask is not None:
@@ -175,10 +179,11 @@ class OFAAttention(nn.Module):
         if _impl == "sdpa" and not need_weights:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=1.0)
         else:
-            logits = torch.matmul(q, k.transpose(-1, -2))  # (B, H, T, S)
+            # logits, bias and softmax in fp32: q.k + bias overflows fp16 long before the softmax would
+            logits = torch.matmul(q.float(), k.float().transpose(-1, -2))  # (B, H, T, S)
             if mask is not None:
-                logits = logits + mask
-            probs = torch.softmax(logits.float(), dim=-1).type_as(logits)
+                logits = logits + mask.float()
+            probs = torch.softmax(logits, dim=-1).type_as(q)
             if need_weights:
                 weights = probs[..., prompt_len:].mean(dim=1)
             out = torch.matmul(F.dropout(probs, p=dropout_p, training=self.training), v)  # (B, H, T, hd)
