@@ -11,8 +11,7 @@ import argparse
 import glob
 import json
 import os
-import re
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -45,9 +44,10 @@ def pretrain_corpus(folder):
 
 
 # fairseq-train with the plugin's atomic checkpoint copy undone (stock fairseq's in-place copy), to measure the hazard
-STOCK_COPY = ("import sys, biomedgpt; from fairseq.file_io import PathManager; "
-              "PathManager.copy = staticmethod(PathManager.copy.__wrapped__); "
-              "from fairseq_cli.train import cli_main; sys.argv[0] = 'fairseq-train'; cli_main()")
+# (fairseq_cli.train first: it configures logging as `fairseq-train` does)
+STOCK_COPY = ("import sys; from fairseq_cli.train import cli_main; import biomedgpt; "
+              "from fairseq.file_io import PathManager; "
+              "PathManager.copy = staticmethod(PathManager.copy.__wrapped__); sys.argv[0] = 'fairseq-train'; cli_main()")
 
 
 def training_trial(task, make_command, total, reference_dir, reference_log, save_dir, seed, max_delay,
@@ -134,7 +134,7 @@ def main(argv=None):
                              "checkpoint_last.pt) instead of after the update line")
     parser.add_argument("--stock-copy", action="store_true",
                         help="undo the plugin's atomic checkpoint copy (measures stock fairseq)")
-    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--workdir", default=None, help="kept afterwards (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
     workdir = args.workdir or tempfile.mkdtemp(prefix="reliability_crash_")
     records = []
@@ -157,6 +157,8 @@ def main(argv=None):
                                     args.stock_copy)
             records.append(record)
             emit(record)
+            shutil.rmtree(os.path.join(folder, f"killed{seed}"), ignore_errors=True)  # ~1 GB of checkpoints
+        shutil.rmtree(reference_dir, ignore_errors=True)
 
     if args.converter_trials:
         from PIL import Image
@@ -195,6 +197,8 @@ def main(argv=None):
                 summary[f"killed during {where}"] = sum(r.get("killed_during") == where for r in group)
             summary["checkpoint_files_checked"] = sum(len(r.get("checkpoints_left", [])) for r in group)
         emit(summary)
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0 if all(r["ok"] for r in records) else 1
 
 

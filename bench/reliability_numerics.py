@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 
@@ -44,6 +45,8 @@ def main(argv=None):
         states = {name: checkpoint_utils.load_checkpoint_to_cpu(os.path.join(folder, f"{name}_{seed}",
                                                                              "checkpoint_last.pt"))["model"]
                   for name in runs}
+        for name in runs:
+            shutil.rmtree(os.path.join(folder, f"{name}_{seed}"), ignore_errors=True)
         last = {name: sum(c[-numerics.LAST:]) / numerics.LAST for name, c in curves.items()}
         gap = abs(last["bf16"] - last["fp32"]) / last["fp32"]
         identical = curves["fp32"] == curves["fp32_again"] and all(

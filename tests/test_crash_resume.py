@@ -12,6 +12,7 @@ line, kills inside the checkpoint copy, and the converters at random points.
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,13 +36,15 @@ TRAIN_LINE = re.compile(r"\| train_inner \|.*? loss=([\d.]+),.*? num_updates=(\d
 
 def vqa_command(data, save_dir, seed=1):
     """Tiny vqa_gen fine-tuning: 32 rows, batch 8 (4 updates an epoch), dropout on, a checkpoint every 3 updates
-    (mid-epoch) and at every epoch end."""
+    (mid-epoch; the last 2 kept) and checkpoint_last.pt at every epoch end (~210 MB each: Adam state of 59k
+    embeddings)."""
     return [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", USER_DIR, "--task", "vqa_gen", *TINY,
             "--selected-cols", "0,5,2,3,4", "--ans2label-dict", COLOURS, "--prompt-type", "prev_output",
             "--criterion", "adjust_label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--dropout", "0.1",
             "--optimizer", "adam", "--lr", "1e-3", "--batch-size", "8", "--cpu", "--max-update", str(VQA_UPDATES),
-            "--save-dir", str(save_dir), "--save-interval-updates", "3", "--disable-validation", "--log-format",
-            "simple", "--log-interval", "1", "--num-workers", "0", "--seed", str(seed)]
+            "--save-dir", str(save_dir), "--save-interval-updates", "3", "--keep-interval-updates", "2",
+            "--no-epoch-checkpoints", "--disable-validation", "--log-format", "simple", "--log-interval", "1",
+            "--num-workers", "0", "--seed", str(seed)]
 
 
 def unify_command(corpus, save_dir, seed=3):  # noqa: F811
@@ -53,7 +56,8 @@ def unify_command(corpus, save_dir, seed=3):  # noqa: F811
             "0,1,2", "--criterion", "adjust_label_smoothed_cross_entropy", "--sample-patch-num", "8",
             "--optimizer", "adam", "--lr", "1e-3", "--batch-size", "4", "--cpu", "--max-update",
             str(UNIFY_UPDATES), "--save-dir", str(save_dir), "--disable-validation", "--log-format", "simple",
-            "--log-interval", "1", "--save-interval-updates", "2", "--num-workers", "0", "--seed", str(seed)]
+            "--log-interval", "1", "--save-interval-updates", "2", "--keep-interval-updates", "2",
+            "--no-epoch-checkpoints", "--num-workers", "0", "--seed", str(seed)]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -139,7 +143,8 @@ UNIFY_SEEDS = tuple(range(21, 21 + _EXTRA))
 @pytest.fixture(scope="module")
 def training(tmp_path_factory, corpus):  # noqa: F811
     """All runs of this module, two at a time (each is one single-threaded process): the uninterrupted
-    reference of each task, and one kill + resume per seed. Returns {(task, seed): outcome or exception}."""
+    reference of each task, and one kill + resume per seed. Yields {(task, seed): outcome or exception}; the
+    checkpoints (GBs) are deleted afterwards."""
     import concurrent.futures
 
     folder = tmp_path_factory.mktemp("crash")
@@ -179,7 +184,8 @@ def training(tmp_path_factory, corpus):  # noqa: F811
                                          reference_dir=folder / task / "reference", total=total[task])
         except BaseException as exc:
             outcomes[(task, key)] = exc
-    return outcomes
+    yield outcomes
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_resume(outcome):

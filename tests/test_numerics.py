@@ -204,9 +204,10 @@ def runs(tmp_path_factory):
     bpe_dir = small_bpe_dir(folder)
     names = {"fp32": [], "fp32_again": [], "bf16": ["--bf16"]}
     logs = run_all([train_command(data, bpe_dir, folder / name, UPDATES, *extra) for name, extra in names.items()])
-    return {name: (curve(log, UPDATES),
-                   checkpoint_utils.load_checkpoint_to_cpu(str(folder / name / "checkpoint_last.pt")), log)
-            for name, log in zip(names, logs)}
+    yield {name: (curve(log, UPDATES),
+                  checkpoint_utils.load_checkpoint_to_cpu(str(folder / name / "checkpoint_last.pt")), log)
+           for name, log in zip(names, logs)}
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def mean(values):
