@@ -39,17 +39,20 @@ def make_batch(task, device, bsz=8, src_len=30, tgt_len=20, image=256):
     }
 
 
+def seconds(fn, device) -> float:
+    """Wall time of one call of `fn` (CUDA work included)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def timed(fn, runs, device):
     fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times = [seconds(fn, device) for _ in range(runs)]
     return statistics.median(times), times
 
 
