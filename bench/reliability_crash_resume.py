@@ -54,7 +54,7 @@ def training_trial(task, make_command, total, reference_dir, reference_log, save
                    at_copy=False, stock_copy=False):
     rng = np.random.default_rng(seed)
     update = int(rng.integers(2, total))
-    delay = float(rng.uniform(0, max_delay)) if max_delay > 0 and not at_copy else 0.0
+    delay = float(rng.uniform(0, max_delay)) if max_delay > 0 else 0.0
     cmd = make_command(save_dir)
     if stock_copy:
         cmd = [sys.executable, "-c", STOCK_COPY, *cmd[3:]]
@@ -126,7 +126,8 @@ def prepare_trial(folder, root, reference_dir, seed):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="kill points per training task")
-    parser.add_argument("--max-delay", type=float, default=1.0, help="random delay after the update's log line")
+    parser.add_argument("--max-delay", type=float, default=1.0,
+                        help="random delay after the trigger line (the update's, or with --at-copy the save's)")
     parser.add_argument("--converter-trials", type=int, default=5)
     parser.add_argument("--tasks", default="vqa_gen,unify_task")
     parser.add_argument("--at-copy", action="store_true",

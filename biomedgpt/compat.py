@@ -331,7 +331,7 @@ def _atomic_checkpoint_copies():
     """`fairseq.checkpoint_utils.save_checkpoint` writes the first checkpoint name atomically, then
     `PathManager.copy`s it to the other names (`checkpoint_last.pt`, `checkpoint_best.pt`, ...), and that copy
     writes the destination in place: killed during it, `checkpoint_last.pt` is left truncated and the run cannot
-    resume. Local copies now go to a temporary file in the same folder, renamed over the destination when complete."""
+    resume. Local copies now go to `<destination>.tmp`, renamed over the destination when complete."""
     from fairseq.file_io import PathManager
 
     copy = PathManager.copy
@@ -343,8 +343,7 @@ def _atomic_checkpoint_copies():
             return copy(src_path, dst_path, overwrite)
         if os.path.exists(dst_path) and not overwrite:
             return copy(src_path, dst_path, overwrite)  # the stock error for an existing destination
-        folder = os.path.dirname(os.path.abspath(dst_path))
-        tmp = os.path.join(folder, f".{os.path.basename(dst_path)}.{os.getpid()}.tmp")
+        tmp = f"{dst_path}.tmp"  # fairseq's own name for its atomic saves: a leftover is overwritten next time
         try:
             shutil.copyfile(src_path, tmp)
             os.replace(tmp, dst_path)
