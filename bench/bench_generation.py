@@ -17,8 +17,10 @@ under `torch.autocast` (CPU: bf16; CUDA: fp16 or bf16) at the batch sizes of `--
 
 The machine is shared, so the configurations are timed in interleaved rounds: one call of each per round, after
 a warm-up round, and no new round that would end after `--budget-s`. A burst of foreign load then hits all
-configurations alike. Each run records the 1-minute load average and the process CPU time. Prints one JSON line
-per configuration. Usage:
+configurations alike. Before each run the script waits up to `--settle-s` for a quiet second. Each run records
+the 1-minute load average, the process CPU time and the CPUs other processes used during it (from /proc/stat);
+`median` is over all runs, `median_quiet` over the runs during which others used < `--quiet-cores` CPUs.
+Prints one JSON line per configuration. Usage:
 
     OMP_NUM_THREADS=2 python bench/bench_generation.py [--threads 2] [--repeats 5] [--device cpu|cuda]
         [--dtype fp32,bf16]
@@ -127,7 +129,7 @@ class Measurement:
         self.task, self.model, self.generator, self.device = task, model, generator, device
         self.mode, self.batch_size, self.dtype, self.batches = mode, batch_size, dtype, batches
         self.sentences = sum(len(b["id"]) for b in batches)
-        self.runs, self.cpu, self.loads, self.answers = [], [], [], None
+        self.runs, self.cpu, self.loads, self.foreign, self.waited, self.answers = [], [], [], [], [], None
 
     def call(self):
         autocast = (torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.dtype]) if self.dtype != "fp32"
@@ -135,29 +137,67 @@ class Measurement:
         with autocast:
             self.answers = answers(self.task, self.generator, self.model, self.batches)
 
-    def run(self, record: bool = True):
-        load, cpu = os.getloadavg()[0], cpu_seconds(children=False)
+    def run(self, record: bool = True, settle_s: float = 0.0):
+        waited = wait_for_quiet(settle_s)
+        load, cpu, busy = os.getloadavg()[0], cpu_seconds(children=False), machine_busy_seconds()
         wall = seconds(self.call, self.device)
+        own = cpu_seconds(children=False) - cpu
         assert set(self.answers) <= set(self.task.answers), self.answers
         if record:
             self.runs.append(wall)
-            self.cpu.append(cpu_seconds(children=False) - cpu)
+            self.cpu.append(own)
             self.loads.append(round((load + os.getloadavg()[0]) / 2, 2))
+            self.foreign.append(None if busy is None else max(0.0, (machine_busy_seconds() - busy - own) / wall))
+            self.waited.append(waited)
 
-    def line(self, reference) -> dict:
+    def line(self, reference, quiet_cores: float) -> dict:
         median = statistics.median(self.runs)
+        quiet = [t for t, f in zip(self.runs, self.foreign) if f is not None and f < quiet_cores]
         agree = sum(a == b for a, b in zip(self.answers, reference)) / len(self.answers)
+
+        def per_s(call_s):
+            return round(self.sentences / call_s, 2)
+
         return {"name": f"vqa_{self.mode}", "config": f"{self.mode}-bs{self.batch_size}-{self.dtype}",
                 "mode": self.mode, "batch_size": self.batch_size, "dtype": self.dtype,
-                "autocast": self.dtype != "fp32", "median": round(self.sentences / median, 2), "unit": "sentences/s",
+                "autocast": self.dtype != "fp32", "median": per_s(median), "unit": "sentences/s",
                 "ms_per_sentence": round(1000 * median / self.sentences, 1), "sentences_per_call": self.sentences,
                 "median_call_s": round(median, 4), "runs_s": [round(t, 4) for t in self.runs],
-                "best_sentences_per_s": round(self.sentences / min(self.runs), 2),
+                "best_sentences_per_s": per_s(min(self.runs)),
+                # the same median over the runs during which other processes used < quiet_cores CPUs
+                "quiet_runs": len(quiet), "median_quiet": per_s(statistics.median(quiet)) if quiet else None,
+                "ms_per_sentence_quiet": round(1000 * statistics.median(quiet) / self.sentences, 1) if quiet else None,
                 # process CPU seconds per call: about threads x wall when the call had its cores to itself
                 "cpu_s_per_run": [round(c, 2) for c in self.cpu],
+                # CPUs used by everything else on the machine during each run (/proc/stat busy - own CPU time)
+                "foreign_cores_runs": [None if f is None else round(f, 2) for f in self.foreign],
+                "settle_wait_s_runs": [round(w, 1) for w in self.waited],
                 # 1-minute load average around each run (mean of before/after), and their median
                 "loadavg_1min_runs": self.loads, "loadavg_1min_median": statistics.median(self.loads),
                 "top1_agrees_with_fp32_allcand": agree}
+
+
+def machine_busy_seconds():
+    """Non-idle CPU seconds of the whole machine, all CPUs (`/proc/stat`; steal counts as busy), or None."""
+    try:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(limit_s: float, window_s: float = 1.0, cores: float = 0.25) -> float:
+    """Wait (at most `limit_s`) for a `window_s` window in which the machine used < `cores` CPUs; seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        busy = machine_busy_seconds()
+        if busy is None:
+            break
+        time.sleep(window_s)
+        if (machine_busy_seconds() - busy) / window_s < cores:
+            break
+    return time.perf_counter() - start
 
 
 def main(argv=None) -> int:
@@ -171,6 +211,10 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=420,
                         help="total seconds: no timed round is started that would (at the pace of the previous "
                              "one) end later; at least one round is timed")
+    parser.add_argument("--settle-s", type=float, default=5,
+                        help="before each timed run, wait up to this long for a 1 s window with < 0.25 CPUs busy")
+    parser.add_argument("--quiet-cores", type=float, default=0.25,
+                        help="median_quiet: runs during which other processes used fewer CPUs than this")
     parser.add_argument("--modes", default="beam5,allcand")
     parser.add_argument("--batch-sizes", default="1,16", help="fp32 batch sizes")
     parser.add_argument("--low-precision-batch-sizes", default="16")
@@ -216,12 +260,12 @@ def main(argv=None) -> int:
         for round_index in range(opts.repeats):
             round_start = time.perf_counter()
             for m in measurements:
-                m.run()
+                m.run(settle_s=opts.settle_s)
             last_round = time.perf_counter() - round_start
             if time.perf_counter() + last_round - started > opts.budget_s:
                 break  # the next round would probably end after the budget
         for m in measurements:
-            print(json.dumps({**m.line(reference), "rounds": len(m.runs),
+            print(json.dumps({**m.line(reference, opts.quiet_cores), "rounds": len(m.runs),
                               "total_s": round(time.perf_counter() - started, 1), **meta}), flush=True)
     return 0
 
