@@ -1,7 +1,8 @@
 """Numerics campaign (the long version of tests/test_numerics.py): the tiny model on the toy MedNLI-like task,
 fp32 twice and `--bf16` once per seed, for `--updates` updates on CPU. Prints one JSON line per seed: the loss
-curves' start / end, the mean of the last 20 losses of each, the relative bf16 - fp32 gap, whether every bf16 loss
-and weight is finite, and whether the two fp32 runs are bit-identical (losses and checkpoint).
+curves' start / end, the means of the first 50 and last 20 losses of each, the relative bf16 - fp32 gap of the last
+20, the largest per-update difference, whether every bf16 loss and weight is finite, and whether the two fp32 runs
+are bit-identical (losses and checkpoint).
 
     OMP_NUM_THREADS=1 python bench/reliability_numerics.py [--updates 400] [--seeds 1,2]
 """
@@ -58,6 +59,10 @@ def main(argv=None):
                   f"mean_last_{numerics.LAST}": {n: round(v, 4) for n, v in last.items()},
                   "bf16_vs_fp32_relative_gap": round(gap, 4), "tolerance": numerics.TOLERANCE,
                   "bf16_all_finite": finite, "fp32_runs_bit_identical": identical,
+                  "mean_first_50": {n: round(sum(c[:50]) / 50, 4) for n, c in curves.items()},
+                  "max_abs_loss_diff_bf16_fp32": round(max(abs(a - b) for a, b in zip(curves["bf16"],
+                                                                                       curves["fp32"])), 4),
+                  "updates_where_bf16_loss_differs": sum(a != b for a, b in zip(curves["bf16"], curves["fp32"])),
                   "bf16_curve_differs_from_fp32": curves["bf16"] != curves["fp32"]}
         record["ok"] = bool(finite and identical and gap <= numerics.TOLERANCE)
         ok = ok and record["ok"]
