@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ def main(argv=None):
                       "outcome": summary}), flush=True)
     if result.returncode:
         sys.stderr.write(result.stdout[-6000:])
+    shutil.rmtree(os.path.dirname(stats), ignore_errors=True)
     return result.returncode
 
 

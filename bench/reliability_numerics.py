@@ -67,6 +67,8 @@ def main(argv=None):
         record["ok"] = bool(finite and identical and gap <= numerics.TOLERANCE)
         ok = ok and record["ok"]
         print(json.dumps(record, sort_keys=True), flush=True)
+    if not args.workdir:
+        shutil.rmtree(folder, ignore_errors=True)
     return 0 if ok else 1
 
 
