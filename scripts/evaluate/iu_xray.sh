@@ -10,23 +10,12 @@
 # needed); the score's document frequencies come from the test references unless CIDER_CACHED_TOKENS is set.
 # Variables: DATA_DIR DATA CHECKPOINT SAVE_DIR ARCH SELECTED_COLS CIDER_CACHED_TOKENS BATCH_SIZE BEAM MAX_LEN_B
 # RESULTS_DIR, plus those of scripts/lib.sh (NGPUS, PRECISION, PYTHON, DRY_RUN, ...).
+# The recipe is scripts/evaluate/peir_gross.sh; this file only sets the dataset's defaults.
 set -euo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-parse_args "$@"
-
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ARCH="${ARCH:-ofa_tiny}"
 DATA_DIR="${DATA_DIR:-$ROOT/data/iu_xray}"
 DATA="${DATA:-$DATA_DIR/iu_xray_test.tsv}"
-ARCH="${ARCH:-ofa_tiny}"
 SAVE_DIR="${SAVE_DIR:-$ROOT/runs/finetune/iu_xray/$ARCH}"
-CHECKPOINT="${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}"
-SELECTED_COLS="${SELECTED_COLS:-0,4,2}"
-BATCH_SIZE="${BATCH_SIZE:-16}"
-BEAM="${BEAM:-10}"
-MAX_LEN_B="${MAX_LEN_B:-32}"
-
-overrides='"selected_cols": '"$(py_str "$SELECTED_COLS")"', "eval_cider": False, "eval_cider_cached_tokens": None'
-flags=(--task caption --scoring cider --beam "$BEAM" --max-len-a 0 --max-len-b "$MAX_LEN_B"
-       --no-repeat-ngram-size 3)
-if [ -n "${CIDER_CACHED_TOKENS:-}" ]; then flags+=(--cider-cached-tokens "$CIDER_CACHED_TOKENS"); fi
-
-generate "$DATA" "$overrides" "${flags[@]}"
+export ARCH DATA_DIR DATA SAVE_DIR
+exec "$ROOT/scripts/evaluate/peir_gross.sh" "$@"

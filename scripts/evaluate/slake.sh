@@ -12,28 +12,11 @@
 # the EMA weights stored by --store-ema (0: the trained weights); ZERO_SHOT=1 adds --zero-shot.
 # Variables: DATA_DIR DATA CHECKPOINT SAVE_DIR ARCH ANS2LABEL BATCH_SIZE INFERENCE BEAM EMA_EVAL ZERO_SHOT
 # RESULTS_DIR, plus those of scripts/lib.sh (NGPUS, PRECISION, PYTHON, DRY_RUN, ...).
+# The recipe is scripts/evaluate/vqa_rad.sh; this file only sets the dataset's defaults.
 set -euo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-parse_args "$@"
-
-DATA_DIR="${DATA_DIR:-$ROOT/data/slake}"
-DATA="${DATA:-$DATA_DIR/test.tsv}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 ARCH="${ARCH:-ofa_tiny}"
+DATA_DIR="${DATA_DIR:-$ROOT/data/slake}"
 SAVE_DIR="${SAVE_DIR:-$ROOT/runs/finetune/slake/$ARCH}"
-CHECKPOINT="${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}"
-if [ -z "${ANS2LABEL:-}" ] && [ -f "$DATA_DIR/trainval_ans2label.pkl" ]; then
-    ANS2LABEL="$DATA_DIR/trainval_ans2label.pkl"
-fi
-BATCH_SIZE="${BATCH_SIZE:-64}"
-INFERENCE="${INFERENCE:-beamsearch}"
-BEAM="${BEAM:-1}"
-EMA_EVAL="${EMA_EVAL:-1}"
-ZERO_SHOT="${ZERO_SHOT:-0}"
-
-overrides='"selected_cols": "0,5,2,3,4", "val_inference_type": '"$(py_str "$INFERENCE")"
-if [ -n "${ANS2LABEL:-}" ]; then overrides+=', "ans2label_file": '"$(py_str "$ANS2LABEL")"; fi
-if [ "$EMA_EVAL" = 1 ]; then overrides+=', "ema_eval": True'; fi
-flags=(--task vqa_gen --scoring vqa_accuracy --beam "$BEAM" --unnormalized --temperature 1.0)
-if [ "$ZERO_SHOT" = 1 ]; then flags+=(--zero-shot); fi
-
-generate "$DATA" "$overrides" "${flags[@]}"
+export ARCH DATA_DIR SAVE_DIR
+exec "$ROOT/scripts/evaluate/vqa_rad.sh" "$@"
