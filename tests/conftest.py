@@ -1,6 +1,7 @@
 """Shared test fixtures: tiny-model builders and the reference parity fixtures in ../shared/spec."""
 import importlib.util
 import os
+import shutil
 
 import pytest
 import torch
@@ -16,6 +17,22 @@ BIOMEDGPT_FLAGS = [
 ]
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_module_files(tmp_path_factory):
+    """Delete every folder a test module created under pytest's base temp once the module is done.
+
+    Checkpoints of even `ofa_tiny` are ~200 MB and pytest otherwise keeps every folder of the session (and of
+    the two sessions before), which filled CI's disk. Set BIOMEDGPT_KEEP_TEST_FILES=1 to keep them for debugging.
+    """
+    base = tmp_path_factory.getbasetemp()
+    before = set(os.listdir(base))
+    yield
+    if os.environ.get("BIOMEDGPT_KEEP_TEST_FILES") == "1":
+        return
+    for name in set(os.listdir(base)) - before:
+        shutil.rmtree(base / name, ignore_errors=True)
 
 
 def require_spec(*names):

@@ -39,7 +39,11 @@ def trained(tmp_path_factory):
         folder = tmp_path_factory.mktemp(task)
         data = write_task_data(str(folder), task)
         ema = ["--store-ema", "--ema-fp32", "--ema-decay", "0.9", "--ema-start-update", "0"] if task == "vqa_gen" else []
-        fairseq_train(data, task, folder / "ckpt", max_update=6, lr="2e-3", extra=ema)
+        fairseq_train(data, task, folder / "ckpt", max_update=6, lr="2e-3",
+                      extra=[*ema, "--no-save-optimizer-state", "--no-epoch-checkpoints"])
+        for name in os.listdir(folder / "ckpt"):  # keep one checkpoint per task: seven tasks' files fill small disks
+            if name != "checkpoint_last.pt":
+                os.remove(folder / "ckpt" / name)
         out[task] = (data, str(folder / "ckpt" / "checkpoint_last.pt"))
     return out
 
