@@ -49,6 +49,13 @@ def test_demo_end_to_end_in_a_reduced_setting(tmp_path):
     assert re.search(r"majority answer \('\w+'\): [\d.]+%   question-only prior: [\d.]+%", log)
     report = json.loads((out / "report.json").read_text())
     assert report["accuracy"] == pytest.approx(expected, abs=0.01) and report["test_questions"] == 48
+    for kind, row in report["by_question_kind"].items():  # accuracy on yes/no vs colour/shape questions
+        asked = [q for q, a in truth.items() if (a in ("yes", "no")) == (kind == "yes/no")]
+        assert row["questions"] == len(asked) > 0
+        assert row["accuracy"] == pytest.approx(100 * sum(predictions[q] == truth[q] for q in asked) / len(asked),
+                                                abs=0.01)
+        assert f"{kind} questions ({len(asked)}): {row['accuracy']:.2f}%" in log
+    assert set(report["by_question_kind"]) == {"yes/no", "colour/shape"}
 
     written = (out / "data" / "train.tsv").stat().st_mtime_ns
     again = demo(out)  # re-running resumes: data and vocabulary are kept, training continues from its checkpoint

@@ -49,10 +49,15 @@ def split_train(train: List[Question]) -> Tuple[List[Question], List[Question]]:
     return [q for q in train if not held_out(q)], [q for q in train if held_out(q)]
 
 
+def question_kind(question: Question) -> str:
+    """"yes/no" or "colour/shape" (the open questions)."""
+    return "yes/no" if question.answer in ("yes", "no") else "colour/shape"
+
+
 def open_questions(questions: List[Question]) -> List[Question]:
     """The colour / shape questions (answer not yes/no): the question text alone cannot answer them, so a model
     trained on them must look at the image (the demo's image-grounding warm-up)."""
-    return [q for q in questions if q.answer not in ("yes", "no")]
+    return [q for q in questions if question_kind(q) == "colour/shape"]
 
 
 def subsample(questions: List[Question], limit: Optional[int], seed: int) -> List[Question]:

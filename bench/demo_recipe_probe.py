@@ -1,0 +1,83 @@
+"""Probe a demo training recipe: `fairseq-train` with the demo's flags (plus overrides) on easy-VQA TSVs that
+`biomedgpt-demo` wrote, printing one JSON line per validation: updates, seconds, vqa_score.
+
+    OMP_NUM_THREADS=1 python bench/demo_recipe_probe.py --data runs/easy_vqa/data --train grounding \
+        --valid valid_open --updates 600 --every 150 -- --lr 3e-4 --patch-image-size 32
+
+`--valid valid_open` (the default) validates on the colour/shape questions of the whole validation split (207
+questions; written on first use), which only a model that looks at the image can answer.
+
+Flags after `--` replace the demo's values for the same flag (or are added). Used to choose the demo's recipe
+(BENCHMARKS.md, "Demo recipe").
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from biomedgpt.cli.demo import ARCH_FLAGS, RECIPE_FLAGS
+from biomedgpt.demo.easy_vqa_data import SELECTED_COLS, easy_vqa_questions, open_questions, split_train, write_tsv
+from biomedgpt.userdir import USER_DIR
+
+
+def merge(flags, overrides):
+    """`flags` with each `--name value` in `overrides` replacing the same flag (flags without value appended)."""
+    out, i = list(flags), 0
+    while i < len(overrides):
+        name = overrides[i]
+        value = overrides[i + 1] if i + 1 < len(overrides) and not overrides[i + 1].startswith("--") else None
+        if name in out:
+            at = out.index(name)
+            if value is not None and at + 1 < len(out) and not out[at + 1].startswith("--"):
+                out[at + 1] = value
+        else:
+            out += [name] + ([value] if value is not None else [])
+        i += 2 if value is not None else 1
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="the demo's data folder (TSVs, ans2label.json)")
+    parser.add_argument("--train", default="grounding")
+    parser.add_argument("--valid", default="valid_open")
+    parser.add_argument("--updates", type=int, default=600)
+    parser.add_argument("--every", type=int, default=150, help="validate every N updates")
+    parser.add_argument("--label", default="")
+    opts, overrides = parser.parse_known_args()
+    overrides = [o for o in overrides if o != "--"]
+    data = os.path.abspath(opts.data)
+    vocab = os.path.join(os.path.dirname(data), "vocab")
+    if opts.valid == "valid_open" and not os.path.isfile(f"{data}/valid_open.tsv"):
+        write_tsv(f"{data}/valid_open.tsv", open_questions(split_train(easy_vqa_questions()[0])[1]))
+    with tempfile.TemporaryDirectory() as save_dir:
+        flags = merge([*ARCH_FLAGS, *RECIPE_FLAGS, "--cpu", "--bf16", "--lr", "3e-4", "--batch-size", "32",
+                       "--seed", "1", "--batch-size-valid", "64", "--num-workers", "1"], overrides)
+        cmd = [sys.executable, "-m", "fairseq_cli.train", f"{data}/{opts.train}.tsv,{data}/{opts.valid}.tsv",
+               "--user-dir", USER_DIR, "--task", "vqa_gen", "--bpe-dir", vocab, "--selected-cols",
+               SELECTED_COLS, "--ans2label-file", f"{data}/ans2label.json", *flags,
+               "--max-update", str(opts.updates), "--validate-interval-updates", str(opts.every),
+               "--save-interval-updates", str(10 ** 9), "--no-save", "--save-dir", save_dir,
+               "--log-format", "simple", "--log-interval", "20"]
+        started = time.time()
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        tail = []
+        for line in process.stdout:
+            tail = (tail + [line])[-30:]
+            found = re.search(r"valid on 'valid' subset \|.*? vqa_score ([\d.]+) .*?\| num_updates (\d+)", line)
+            if found:
+                print(json.dumps({"label": opts.label, "updates": int(found.group(2)),
+                                  "seconds": round(time.time() - started, 1),
+                                  "vqa_score": float(found.group(1)), "flags": overrides}), flush=True)
+        if process.wait() != 0:
+            sys.stderr.write("".join(tail))
+            raise SystemExit(process.returncode)
+
+
+if __name__ == "__main__":
+    main()
