@@ -203,8 +203,11 @@ def main(argv=None) -> int:
     reported = float(re.search(r"VQA accuracy = ([\d.]+)", generated).group(1))
     with open(predictions, encoding="utf-8") as handle:
         predicted = {r["question_id"]: r["answer"] for r in json.load(handle)}
-    truth = {q.qid: q for q in test}
-    accuracy = 100.0 * sum(predicted[qid] == q.answer for qid, q in truth.items()) / len(truth)
+
+    def percent_correct(questions) -> float:
+        return 100.0 * sum(predicted[q.qid] == q.answer for q in questions) / len(questions)
+
+    accuracy = percent_correct(test)
     allcand = re.search(r"vqa_score ([\d.]+)", validated)
     base = baselines(train, test)
     by_kind = {}
@@ -212,7 +215,7 @@ def main(argv=None) -> int:
         asked = [q for q in test if question_kind(q) == kind]
         if asked:
             by_kind[kind] = {"questions": len(asked),
-                             "accuracy": round(100.0 * sum(predicted[q.qid] == q.answer for q in asked) / len(asked), 2),
+                             "accuracy": round(percent_correct(asked), 2),
                              "question_only_prior": round(baselines(train, asked)["question_only"], 2)}
     report = {
         "test_questions": len(test), "accuracy": round(accuracy, 2), "generate_score_line": reported,
@@ -231,9 +234,8 @@ def main(argv=None) -> int:
         print(f"  {kind} questions ({row['questions']}): {row['accuracy']:.2f}%   "
               f"question-only prior: {row['question_only_prior']:.2f}%")
     print("sample answers:")
-    for qid in list(truth)[:6]:
-        q = truth[qid]
-        print(f"  {q.image_id}.png  {q.question:<40} truth: {q.answer:<10} model: {predicted[qid]}")
+    for q in test[:6]:
+        print(f"  {q.image_id}.png  {q.question:<40} truth: {q.answer:<10} model: {predicted[q.qid]}")
     print(f"checkpoint: {best}\nlogs: {folders['logs']}\ntraining curve: {curve}\nreport: "
           f"{os.path.join(out, 'report.json')}\ntotal time: {report['minutes']} min")
     return 0
