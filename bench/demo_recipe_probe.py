@@ -2,13 +2,13 @@
 `biomedgpt-demo` wrote, printing one JSON line per validation: updates, seconds, vqa_score.
 
     OMP_NUM_THREADS=1 python bench/demo_recipe_probe.py --data runs/easy_vqa/data --train grounding \
-        --valid valid_open --updates 600 --every 150 -- --lr 3e-4 --patch-image-size 32
+        --valid valid_open --updates 600 --every 150 -- --lr 5e-4 --batch-size 64
 
 `--valid valid_open` (the default) validates on the colour/shape questions of the whole validation split (207
 questions; written on first use), which only a model that looks at the image can answer.
 
 Flags after `--` replace the demo's values for the same flag (or are added). Used to choose the demo's recipe
-(BENCHMARKS.md, "Demo recipe").
+(BENCHMARKS.md, "The demo recipe").
 """
 import argparse
 import json
@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from biomedgpt.cli.demo import ARCH_FLAGS, RECIPE_FLAGS
+from biomedgpt.cli.demo import ARCH_FLAGS, DEFAULT_LR, RECIPE_FLAGS, RECIPES
 from biomedgpt.demo.easy_vqa_data import SELECTED_COLS, easy_vqa_questions, open_questions, split_train, write_tsv
 from biomedgpt.userdir import USER_DIR
 
@@ -55,8 +55,9 @@ def main():
     if opts.valid == "valid_open" and not os.path.isfile(f"{data}/valid_open.tsv"):
         write_tsv(f"{data}/valid_open.tsv", open_questions(split_train(easy_vqa_questions()[0])[1]))
     with tempfile.TemporaryDirectory() as save_dir:
-        flags = merge([*ARCH_FLAGS, *RECIPE_FLAGS, "--cpu", "--bf16", "--lr", "3e-4", "--batch-size", "32",
-                       "--seed", "1", "--batch-size-valid", "64", "--num-workers", "1"], overrides)
+        defaults = ["--cpu", "--bf16", "--lr", str(DEFAULT_LR), "--batch-size", str(RECIPES["default"][2]), "--seed",
+                    "1", "--batch-size-valid", "64", "--num-workers", "1"]
+        flags = merge([*ARCH_FLAGS, *RECIPE_FLAGS, *defaults], overrides)
         cmd = [sys.executable, "-m", "fairseq_cli.train", f"{data}/{opts.train}.tsv,{data}/{opts.valid}.tsv",
                "--user-dir", USER_DIR, "--task", "vqa_gen", "--bpe-dir", vocab, "--selected-cols",
                SELECTED_COLS, "--ans2label-file", f"{data}/ans2label.json", *flags,

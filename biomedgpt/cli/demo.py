@@ -33,6 +33,7 @@ RECIPES = {
     "default": (350, 450, 32, 1000, 300, 225),
     "full": (600, 5000, 32, None, 800, 1000),
 }
+DEFAULT_LR = 3e-4  # Adam; at 1e-3 the randomly initialised model cannot even memorise 64 samples
 VOCAB_SIZE = 128  # an upper bound: easy-VQA's text has fewer distinct pieces
 ARCH_FLAGS = [
     "--arch", "ofa_tiny", "--encoder-normalize-before", "--decoder-normalize-before",
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
                         help="image-grounding warm-up updates on the colour/shape questions (default: recipe)")
     parser.add_argument("--updates", type=int, default=None, help="training updates (default: from the recipe)")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"peak Adam learning rate (default {DEFAULT_LR})")
     parser.add_argument("--train-questions", type=int, default=None, help="use at most this many (default: all)")
     parser.add_argument("--test-questions", type=int, default=None, help="evaluate this many (default: recipe)")
     parser.add_argument("--valid-questions", type=int, default=None)
