@@ -40,13 +40,14 @@ class BiomedGPT:
         self.transform = resize_transform(cfg.patch_image_size, cfg.imagenet_default_mean_and_std)
 
     @classmethod
-    def load(cls, path: str, overrides: Optional[dict] = None, device: Optional[str] = None, **kwargs):
+    def load(cls, path: str, overrides: Optional[dict] = None, device: Optional[str] = None,
+             dtype: Optional[torch.dtype] = None, **kwargs):
         import biomedgpt  # noqa: F401  (registers the plugin and the checkpoint allow-list)
         from fairseq import checkpoint_utils
 
         models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides or {})
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = models[0].to(target).eval()
+        model = models[0].to(device=target, dtype=dtype).eval()  # images are cast to the model's dtype inside it
         return cls(model, task, target, **kwargs)
 
     # ------------------------------------------------------------------ batches
@@ -112,6 +113,8 @@ class BiomedGPT:
                 for h in hypos]
 
 
-def load(path: str, overrides: Optional[dict] = None, device: Optional[str] = None, **kwargs) -> BiomedGPT:
-    """Load a checkpoint for `answer` / `answer_many` (see `BiomedGPT`)."""
-    return BiomedGPT.load(path, overrides=overrides, device=device, **kwargs)
+def load(path: str, overrides: Optional[dict] = None, device: Optional[str] = None,
+         dtype: Optional[torch.dtype] = None, **kwargs) -> BiomedGPT:
+    """Load a checkpoint for `answer` / `answer_many` (see `BiomedGPT`); `dtype` (e.g. `torch.float16` on a GPU,
+    `torch.bfloat16`) casts the weights, default: as stored (fp32)."""
+    return BiomedGPT.load(path, overrides=overrides, device=device, dtype=dtype, **kwargs)

@@ -119,6 +119,25 @@ def test_all_candidate_and_beam_search_generation_agree(trained):
 
 
 @pytest.mark.slow
+def test_fp16_generate_and_validate_need_no_casting(trained):
+    """Stock `--fp16` casts the model with `.half()` (here on the CPU, as it would on a GPU); the dataset's fp32
+    images are cast inside the model, the answers and their scores follow fp32's."""
+    half, full = generate(trained, "vqa_gen", "vqa_accuracy", "--fp16"), generate(trained, "vqa_gen", "vqa_accuracy")
+    rows = lambda text: {i: (float(s), h) for i, s, h in re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", text, re.M)}  # noqa
+    half_rows, full_rows = rows(half), rows(full)
+    assert set(half_rows) == set(full_rows)
+    same = [i for i in full_rows if half_rows[i][1] == full_rows[i][1]]
+    assert len(same) >= 0.75 * len(full_rows)
+    assert max(abs(half_rows[i][0] - full_rows[i][0]) for i in same) < 0.1
+    reported = float(re.search(r"VQA accuracy = ([\d.]+)", half).group(1))
+    assert reported == pytest.approx(100 * sum(t == h for t, h in pairs(half)) / len(half_rows), abs=0.01)
+    data, path = trained["vqa_gen"]
+    validated = run("validate", [data, "--user-dir", USER_DIR, "--task", "vqa_gen", "--path", path,
+                                 "--valid-subset", "valid", "--batch-size", "4", "--cpu", "--fp16"])
+    assert re.search(r"valid on 'valid' subset \|.* vqa_score [\d.]+", validated), validated[-2000:]
+
+
+@pytest.mark.slow
 def test_ensemble_of_two_checkpoints(trained):
     data, path = trained["gigaword"]
     log = run("generate", [data, "--user-dir", USER_DIR, "--task", "gigaword", "--path", f"{path}:{path}",

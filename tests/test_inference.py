@@ -35,6 +35,24 @@ def test_answer_and_answer_many_agree(vqa_checkpoint):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_weights_answer_like_fp32(vqa_checkpoint, dtype):
+    """`load(..., dtype=...)` casts the weights; the caller passes ordinary images (no casting on their side)."""
+    import torch
+
+    from biomedgpt.inference import load
+
+    path, images = vqa_checkpoint
+    reference = load(path, device="cpu").answer_many(images, ["what colour is the image?"] * 3)
+    model = load(path, device="cpu", dtype=getattr(torch, dtype))
+    assert model.model.encoder.embed_images.conv1.weight.dtype == getattr(torch, dtype)
+    low = model.answer_many(images, ["what colour is the image?"] * 3)
+    assert [a for a, _ in low] == [a for a, _ in reference]
+    for (_, p_low), (_, p_ref) in zip(low, reference):
+        assert p_low == pytest.approx(p_ref, abs=0.05)
+
+
+@pytest.mark.slow
 def test_ask_command_prints_answer_and_probability(vqa_checkpoint, capsys):
     from biomedgpt.cli.ask import main
 

@@ -251,6 +251,25 @@ def test_resnet_model_path_missing_keys_names_the_file(torchvision_resnet_file, 
         build_small(f"--resnet-model-path={path}")
 
 
+def test_checkpoint_does_not_need_its_resnet_model_path_file(torchvision_resnet_file, tmp_path):
+    """A checkpoint trained with `--resnet-model-path` stores the path in its arguments; fairseq-generate, -validate
+    and biomedgpt.inference rebuild the model with `from_checkpoint=True` and must not read (or need) that file."""
+    from biomedgpt.cli.model_check import build_from_argv
+
+    _path, state = torchvision_resnet_file
+    path = tmp_path / "moved_away.pth"
+    argv = ["DATA", "--task=ofa", "--arch=ofa_tiny", *SMALL, f"--resnet-model-path={path}"]
+    with pytest.raises(FileNotFoundError, match="moved_away"):
+        build_from_argv(argv)  # training from scratch: the file is needed
+    torch.save(state, path)
+    model, task, cfg = build_from_argv(argv)
+    path.unlink()
+    rebuilt = task.build_model(cfg, from_checkpoint=True)  # what checkpoint loading calls
+    assert cfg.resnet_model_path is None
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.equal(rebuilt.encoder.embed_images.conv1.weight, state["conv1.weight"])
+
+
 # ---------------------------------------------------------------------------------------------- drop path
 @pytest.fixture(scope="module")
 def drop_path_model():

@@ -19,7 +19,12 @@ def main(argv=None) -> int:
                         help='JSON task/model overrides, e.g. \'{"ans2label_file": "answers.pkl"}\'')
     parser.add_argument("--beam", type=int, default=5, help="beam size for generated answers")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="half-precision weights (GPUs)")
+    precision.add_argument("--bf16", action="store_true", help="bfloat16 weights (recent GPUs, CPUs with AMX/AVX512-bf16)")
     opts = parser.parse_args(argv)
+
+    import torch
 
     from ..inference import load
 
@@ -27,7 +32,8 @@ def main(argv=None) -> int:
         overrides = json.loads(opts.overrides)
     except json.JSONDecodeError as exc:
         parser.error(f"--overrides is not valid JSON: {exc}")
-    model = load(opts.path, overrides=overrides, device="cpu" if opts.cpu else None, beam=opts.beam)
+    model = load(opts.path, overrides=overrides, device="cpu" if opts.cpu else None, beam=opts.beam,
+                 dtype=torch.float16 if opts.fp16 else torch.bfloat16 if opts.bf16 else None)
     try:
         answers = model.answer_many(opts.image, [opts.question] * len(opts.image))
     except (OSError, DataError, ValueError) as exc:

@@ -123,6 +123,14 @@ class OFATask(FairseqTask):
         logger.info(f"OFA dictionary: {len(dictionary)} symbols (bpe dir {resolve_bpe_dir(cfg.bpe_dir)})")
         return cls(cfg, dictionary, dictionary)
 
+    def build_model(self, cfg, from_checkpoint=False):
+        """The model; one rebuilt from a checkpoint takes its ResNet weights from the checkpoint, so the file it was
+        first initialised from (`--resnet-model-path`, saved in its arguments) is not read and may be gone."""
+        if from_checkpoint and getattr(cfg, "resnet_model_path", None):
+            logger.info(f"not reading --resnet-model-path {cfg.resnet_model_path}: the checkpoint has the trunk")
+            cfg.resnet_model_path = None
+        return super().build_model(cfg, from_checkpoint)
+
     def build_bpe(self, cfg=None):
         """The tokenizer of `--bpe-dir`: GPT-2 byte-level BPE or SentencePiece, chosen by the files (no download)."""
         return build_text_bpe(resolve_bpe_dir(self.cfg.bpe_dir))
