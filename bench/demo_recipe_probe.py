@@ -5,7 +5,10 @@
         --valid valid_open --updates 600 --every 150 -- --lr 5e-4 --batch-size 64
 
 `--valid valid_open` (the default) validates on the colour/shape questions of the whole validation split (207
-questions; written on first use), which only a model that looks at the image can answer.
+questions), which only a model that looks at the image can answer; `--valid valid_all` on the whole validation
+split (781 questions), `--valid valid_yesno` on its yes/no questions (574). They are written on first use,
+and so is `--train balanced` (the training split's `balanced_questions`). A pre-trained trunk
+(bench/demo_trunk_probe.py) is given as `-- --resnet-model-path trunk.pt`.
 
 Flags after `--` replace the demo's values for the same flag (or are added). Used to choose the demo's recipe
 (BENCHMARKS.md, "The demo recipe").
@@ -20,7 +23,8 @@ import tempfile
 import time
 
 from biomedgpt.cli.demo import ARCH_FLAGS, DEFAULT_LR, RECIPE_FLAGS, RECIPES
-from biomedgpt.demo.easy_vqa_data import SELECTED_COLS, easy_vqa_questions, open_questions, split_train, write_tsv
+from biomedgpt.demo.easy_vqa_data import (SELECTED_COLS, balanced_questions, easy_vqa_questions, open_questions,
+                                          question_kind, split_train, write_tsv)
 from biomedgpt.userdir import USER_DIR
 
 
@@ -52,11 +56,17 @@ def main():
     overrides = [o for o in overrides if o != "--"]
     data = os.path.abspath(opts.data)
     vocab = os.path.join(os.path.dirname(data), "vocab")
-    if opts.valid == "valid_open" and not os.path.isfile(f"{data}/valid_open.tsv"):
-        write_tsv(f"{data}/valid_open.tsv", open_questions(split_train(easy_vqa_questions()[0])[1]))
+    splits = {"valid_open": open_questions, "valid_all": list,
+              "valid_yesno": lambda qs: [q for q in qs if question_kind(q) == "yes/no"]}
+    if opts.train == "balanced" and not os.path.isfile(f"{data}/balanced.tsv"):
+        write_tsv(f"{data}/balanced.tsv", balanced_questions(split_train(easy_vqa_questions()[0])[0], seed=1))
+    if opts.valid in splits and not os.path.isfile(f"{data}/{opts.valid}.tsv"):
+        write_tsv(f"{data}/{opts.valid}.tsv", splits[opts.valid](split_train(easy_vqa_questions()[0])[1]))
     with tempfile.TemporaryDirectory() as save_dir:
-        defaults = ["--cpu", "--bf16", "--lr", str(DEFAULT_LR), "--batch-size", str(RECIPES["default"][2]), "--seed",
-                    "1", "--batch-size-valid", "64", "--num-workers", "1"]
+        recipe = RECIPES["default"]
+        defaults = ["--cpu", "--bf16", "--lr", str(DEFAULT_LR), "--batch-size", str(recipe.batch_size),
+                    "--patch-image-size", str(recipe.image_size), "--seed", "1", "--batch-size-valid", "64",
+                    "--num-workers", "1"]
         flags = merge([*ARCH_FLAGS, *RECIPE_FLAGS, *defaults], overrides)
         cmd = [sys.executable, "-m", "fairseq_cli.train", f"{data}/{opts.train}.tsv,{data}/{opts.valid}.tsv",
                "--user-dir", USER_DIR, "--task", "vqa_gen", "--bpe-dir", vocab, "--selected-cols",

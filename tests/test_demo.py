@@ -1,5 +1,6 @@
 """The README's main job (`biomedgpt-demo`) in a reduced setting: every promised file exists and the printed
-accuracy equals the accuracy recomputed here from the predictions file and the test TSV."""
+accuracy equals the accuracy recomputed here from the predictions file and the test TSV; the trunk
+pre-training's labels by hand and its learning on solid-colour images."""
 import json
 import os
 import re
@@ -9,8 +10,9 @@ import sys
 import pytest
 from PIL import Image
 
-SMALL = ["--train-questions", "240", "--test-questions", "48", "--valid-questions", "24", "--warmup-updates", "2", "--updates", "4",
-         "--validate-every", "2", "--batch-size", "8", "--threads", "1", "--cpu"]
+SMALL = ["--train-questions", "240", "--test-questions", "48", "--valid-questions", "24", "--trunk-updates", "3",
+         "--warmup-updates", "2", "--updates", "4", "--validate-every", "2", "--batch-size", "8", "--threads", "1",
+         "--cpu"]
 
 
 def demo(out, *extra):
@@ -25,12 +27,17 @@ def demo(out, *extra):
 def test_demo_end_to_end_in_a_reduced_setting(tmp_path):
     out = tmp_path / "demo"
     log = demo(out, "--fresh")
-    for stage in ("1/5", "2/5", "3/5", "4/5", "5/5"):
+    for stage in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6"):
         assert f"=== {stage}" in log
+    assert "trunk pre-training: update 3/3" in log
+    trunk = str(out / "checkpoints" / "trunk.pt")
+    assert re.search(rf"--resnet-model-path {re.escape(trunk)}\b", log)  # the warm-up starts from the trunk
+    assert f"loaded 258 ResNet tensors from {trunk}" in log
+    assert 0 <= json.loads((out / "report.json").read_text())["trunk"]["valid_shape_accuracy"] <= 1
     assert "--- warm-up: 2 updates on" in log and "--bf16" in log  # grounding warm-up, bf16 on the CPU
-    for name in ("checkpoints/checkpoint_best.pt", "logs/train.log", "logs/generate.log", "logs/validate.log",
-                 "data/train.tsv", "data/test.tsv", "vocab/spm.model", "vocab/dict.txt", "test_predict.json",
-                 "report.json"):
+    for name in ("checkpoints/trunk.pt", "checkpoints/checkpoint_best.pt", "logs/train.log", "logs/generate.log",
+                 "logs/validate.log", "data/train.tsv", "data/test.tsv", "vocab/spm.model", "vocab/dict.txt",
+                 "test_predict.json", "report.json"):
         assert (out / name).is_file(), name
     assert Image.open(out / "training_curve.png").size == (720, 480)
     assert list((out / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
@@ -61,3 +68,62 @@ def test_demo_end_to_end_in_a_reduced_setting(tmp_path):
     again = demo(out)  # re-running resumes: data and vocabulary are kept, training continues from its checkpoint
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 4 updates\)", again), again[-3000:]
     assert (out / "data" / "train.tsv").stat().st_mtime_ns == written
+    assert "trunk pre-training: update" not in again and "trunk: " in again  # the trunk is kept too
+
+
+def test_trunk_labels_come_from_answers_and_from_words_the_image_has():
+    from biomedgpt.demo.easy_vqa_data import Question
+    from biomedgpt.demo.trunk import COLOURS, SHAPES, image_labels
+
+    asked = [("a", "what color is the circle?", "red"),  # answer: colour; word: shape
+             ("b", "is there not a blue shape?", "no"),  # negated, "no": blue is there
+             ("b", "is there a triangle?", "no"),  # absent: says nothing
+             ("c", "is no rectangle present?", "yes"),  # negated, "yes": absent
+             ("c", "does the image contain a green shape?", "yes"),
+             ("d", "what is the teal shape?", "triangle")]
+    labels = image_labels([Question(f"q{i}", p, text, answer, p) for i, (p, text, answer) in enumerate(asked)])
+    assert labels == {"a": (COLOURS.index("red"), SHAPES.index("circle")), "b": (COLOURS.index("blue"), -1),
+                      "c": (COLOURS.index("green"), -1), "d": (COLOURS.index("teal"), SHAPES.index("triangle"))}
+
+
+def test_trunk_pretraining_learns_colours_of_held_out_images(tmp_path):
+    import torch
+
+    from biomedgpt.demo.easy_vqa_data import Question
+    from biomedgpt.demo.trunk import pretrain_trunk
+    from biomedgpt.models.resnet import RESNET_BLOCKS, ResNet
+
+    rgb = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    questions = {"train": [], "valid": []}
+    for split, count in (("train", 12), ("valid", 4)):
+        for i in range(count):
+            colour = ("red", "blue")[i % 2]
+            path = str(tmp_path / f"{split}{i}.png")
+            shade = tuple(max(0, min(255, c + 3 * i)) for c in rgb[colour])
+            Image.new("RGB", (32, 32), shade).save(path)
+            questions[split].append(Question(f"{split}{i}", path, "what color is the shape?", colour, path))
+    result = pretrain_trunk(questions["train"], questions["valid"], str(tmp_path / "trunk.pt"), 32, 60,
+                            batch_size=6, lr=1e-3)
+    assert result["images"] == 12 and result["valid_images"] == 4
+    assert result["valid_colour_accuracy"] == 1.0
+    trunk = ResNet(RESNET_BLOCKS["resnet50"])
+    trunk.load_state_dict(torch.load(tmp_path / "trunk.pt", weights_only=True))  # the layout --resnet-model-path reads
+
+
+def test_balanced_questions_leave_the_text_no_answer_to_guess():
+    from biomedgpt.demo.easy_vqa_data import Question, balanced_questions, baselines
+
+    rows = ([("is there a red shape?", "no")] * 7 + [("is there a red shape?", "yes")] * 2
+            + [("is there not a circle?", "yes")] * 3 + [("is there a circle?", "no")] * 2
+            + [("what shape is present?", "circle")] * 4)
+    questions = [Question(f"q{i}", f"i{i}", text, answer, "") for i, (text, answer) in enumerate(rows)]
+    kept = balanced_questions(questions, seed=3)
+    counts = {}
+    for q in kept:
+        counts[q.question, q.answer] = counts.get((q.question, q.answer), 0) + 1
+    # each yes/no text keeps as many of its frequent answer as of its rare one (texts with one answer: none)
+    assert counts == {("is there a red shape?", "no"): 2, ("is there a red shape?", "yes"): 2,
+                      ("what shape is present?", "circle"): 4}
+    assert [q.qid for q in kept] == sorted((q.qid for q in kept), key=lambda i: int(i[1:]))  # original order
+    assert baselines(kept, [q for q in kept if q.answer in ("yes", "no")])["question_only"] == 50.0
+    assert balanced_questions(questions, seed=3) == kept

@@ -4,16 +4,17 @@
     biomedgpt-demo --full               # the longer recipe (see BENCHMARKS.md for time and accuracy)
     biomedgpt-demo --out runs/demo --fresh
 
-Stages: easy-VQA -> TSVs; a SentencePiece vocabulary trained on the questions and answers; `fairseq-train`
-(from scratch, or `--restore-file CKPT`): a short image-grounding warm-up on the colour/shape questions (which
-the question alone cannot answer), then all questions; `fairseq-generate` with trie-constrained beam search and
+Stages: easy-VQA -> TSVs; a SentencePiece vocabulary trained on the questions and answers; the ResNet trunk
+pre-trained to name the colour and the shape of the training images (OFA starts from an ImageNet-trained trunk,
+`--resnet-model-path`; the demo has neither network nor ImageNet, so it makes its own start the same way);
+`fairseq-train` (from scratch with that trunk, or `--restore-file CKPT`), optionally after a warm-up on the
+colour/shape questions only (`--warmup-updates`); `fairseq-generate` with trie-constrained beam search and
 `fairseq-validate` on held-out test questions; a report with the accuracy next to the majority answer and the
 question-only prior, sample answers and where the checkpoint, logs and the training-curve PNG are.
 Recipe (BENCHMARKS.md, "The demo recipe"): 32-px images (the shapes stay recognisable, and training runs at
 1.4 instead of 0.8 updates/s at 64 px), Adam 3e-4 (at 1e-3 the randomly initialised model cannot even memorise
-64 samples), bf16 weights with fp32 master copies on the CPU (fairseq `--bf16`), and a warm-up long enough
-(350 updates) for the ResNet to learn colour and shape before the yes/no questions let the model fall back on
-the question-only prior.
+64 samples), bf16 weights with fp32 master copies on the CPU (fairseq `--bf16`); with the pre-trained trunk
+the model answers colour/shape questions after ~100 updates (it needed ~1,000 updates to reach 75 % without).
 Everything goes under `--out`; re-running resumes (finished stages are skipped, training continues from
 `checkpoint_last.pt`), `--fresh` starts clean.
 """
@@ -26,12 +27,22 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import List
+from typing import List, NamedTuple, Optional
+
+class Recipe(NamedTuple):
+    image_size: int  # --patch-image-size
+    trunk_updates: int  # ResNet trunk pre-training on the training images' colour and shape (0: none)
+    warmup_updates: int  # fairseq-train on the colour/shape questions only (0: none)
+    updates: int  # fairseq-train on all questions
+    batch_size: int
+    test_questions: Optional[int]  # None: all 9,673
+    valid_questions: int
+    validate_every: int
+
 
 RECIPES = {
-    # name: (warm-up updates, updates, batch size, test questions, validation questions, validate every N updates)
-    "default": (350, 450, 32, 1000, 300, 225),
-    "full": (600, 5000, 32, None, 800, 1000),
+    "default": Recipe(32, 400, 0, 600, 32, 1000, 300, 300),
+    "full": Recipe(32, 800, 0, 2400, 32, None, 800, 600),
 }
 DEFAULT_LR = 3e-4  # Adam; at 1e-3 the randomly initialised model cannot even memorise 64 samples
 VOCAB_SIZE = 128  # an upper bound: easy-VQA's text has fewer distinct pieces
@@ -42,7 +53,7 @@ ARCH_FLAGS = [
     "--scale-fc", "--scale-heads", "--disable-entangle",
 ]
 RECIPE_FLAGS = [
-    "--patch-image-size", "32", "--max-src-length", "32", "--max-tgt-length", "4", "--prompt-type", "prev_output",
+    "--max-src-length", "32", "--max-tgt-length", "4", "--prompt-type", "prev_output",
     "--dropout", "0.0", "--attention-dropout", "0.0", "--resnet-drop-path-rate", "0.0",
     "--encoder-drop-path-rate", "0.0", "--decoder-drop-path-rate", "0.0",
     "--criterion", "adjust_label_smoothed_cross_entropy", "--label-smoothing", "0.0",
@@ -90,8 +101,11 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
     parser.add_argument("--full", action="store_true", help="the longer recipe on the full test set")
     parser.add_argument("--restore-file", default=None, help="start from this checkpoint instead of from scratch")
+    parser.add_argument("--image-size", type=int, default=None, help="--patch-image-size (default: recipe)")
+    parser.add_argument("--trunk-updates", type=int, default=None,
+                        help="ResNet trunk pre-training updates on the images' colour and shape (default: recipe)")
     parser.add_argument("--warmup-updates", type=int, default=None,
-                        help="image-grounding warm-up updates on the colour/shape questions (default: recipe)")
+                        help="fairseq-train warm-up updates on the colour/shape questions only (default: recipe)")
     parser.add_argument("--updates", type=int, default=None, help="training updates (default: from the recipe)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"peak Adam learning rate (default {DEFAULT_LR})")
@@ -106,11 +120,13 @@ def main(argv=None) -> int:
                         help="train in fp32 (default: bf16 weights with fp32 master copies on the CPU, fp16 on a GPU)")
     parser.add_argument("--seed", type=int, default=1)
     opts = parser.parse_args(argv)
-    warmup, updates, batch, test_n, valid_n, every = RECIPES["full" if opts.full else "default"]
-    warmup = opts.warmup_updates if opts.warmup_updates is not None else warmup
-    updates, batch = opts.updates or updates, opts.batch_size or batch
-    test_n = opts.test_questions or test_n
-    valid_n, every = opts.valid_questions or valid_n, opts.validate_every or every
+    recipe = RECIPES["full" if opts.full else "default"]
+    chosen = lambda name: getattr(opts, name) if getattr(opts, name) is not None else getattr(recipe, name)  # noqa
+    image_size, trunk_updates, warmup, updates, batch = (chosen(name) for name in (
+        "image_size", "trunk_updates", "warmup_updates", "updates", "batch_size"))
+    test_n = opts.test_questions or recipe.test_questions
+    valid_n, every = opts.valid_questions or recipe.valid_questions, opts.validate_every or recipe.validate_every
+    trunk_updates = 0 if opts.restore_file else trunk_updates  # a checkpoint brings its own trunk
 
     import torch
 
@@ -130,11 +146,11 @@ def main(argv=None) -> int:
     device_flags = [] if gpu else ["--cpu"]
     precision = [] if opts.fp32 else ["--fp16"] if gpu else ["--bf16"]
 
-    banner("1/5 easy-VQA -> TSV files")
+    banner("1/6 easy-VQA -> TSV files")
     train_all, test_all, answers = easy_vqa_questions()
-    train, valid = split_train(train_all)
+    train, valid_all = split_train(train_all)
     train = subsample(train, opts.train_questions, opts.seed)
-    valid, test = subsample(valid, valid_n, opts.seed), subsample(test_all, test_n, opts.seed)
+    valid, test = subsample(valid_all, valid_n, opts.seed), subsample(test_all, test_n, opts.seed)
     data = folders["data"]
     paths = {name: os.path.join(data, f"{name}.tsv") for name in ("train", "grounding", "valid", "test")}
     for name, questions in (("train", train), ("grounding", open_questions(train)), ("valid", valid),
@@ -144,7 +160,7 @@ def main(argv=None) -> int:
         print(f"{name}: {len(questions)} questions -> {paths[name]}")
     ans2label = write_answers(os.path.join(data, "ans2label.json"), answers)
 
-    banner("2/5 SentencePiece vocabulary on the questions and answers")
+    banner("2/6 SentencePiece vocabulary on the questions and answers")
     vocab = folders["vocab"]
     if not os.path.isfile(os.path.join(vocab, "dict.txt")):
         from .train_spm import train as train_spm
@@ -155,32 +171,54 @@ def main(argv=None) -> int:
         train_spm([text], vocab, VOCAB_SIZE, lowercase=True, hard_vocab_limit=False)
     print(f"vocabulary: {vocab}")
 
-    banner(f"3/5 fairseq-train: ofa_tiny from {opts.restore_file or 'scratch'}, {warmup} warm-up updates on the "
-           f"colour/shape questions, then {updates} updates on all questions, {batch} a batch "
+    checkpoints, train_log = folders["checkpoints"], os.path.join(folders["logs"], "train.log")
+    banner(f"3/6 ResNet trunk pre-training: {trunk_updates} updates naming the colour and the shape of the "
+           f"training images at {image_size} px (the demo's stand-in for OFA's ImageNet-initialised trunk)")
+    trunk_path, trunk_result = os.path.join(checkpoints, "trunk.pt"), os.path.join(checkpoints, "trunk.json")
+    if trunk_updates > 0 and not os.path.isfile(trunk_result):
+        from ..demo.trunk import pretrain_trunk
+
+        torch.set_num_threads(opts.threads)
+        result = pretrain_trunk(train, valid_all, trunk_path, image_size, trunk_updates, batch_size=batch,
+                                seed=opts.seed, device="cuda" if gpu else "cpu")
+        with open(trunk_result, "w", encoding="utf-8") as handle:
+            json.dump(result, handle)
+    trunk = None
+    if trunk_updates > 0:
+        with open(trunk_result, encoding="utf-8") as handle:
+            trunk = json.load(handle)
+        named = {kind: trunk[f"valid_{kind}_accuracy"] for kind in ("colour", "shape")}
+        print(f"trunk: {trunk_path} (validation images named right: "
+              + ", ".join(f"{kind} " + ("n/a" if v is None else f"{100 * v:.1f}%") for kind, v in named.items()) + ")")
+    else:
+        print("skipped" + (" (--restore-file brings its trunk)" if opts.restore_file else ""))
+
+    banner(f"4/6 fairseq-train: ofa_tiny from {opts.restore_file or 'scratch'}"
+           f"{' with the pre-trained trunk' if trunk else ''}, {warmup} warm-up updates on the colour/shape "
+           f"questions, then {updates} updates on all questions, {batch} a batch "
            f"({'GPU' if gpu else f'CPU, {opts.threads} threads'})")
     task_flags = ["--user-dir", USER_DIR, "--task", "vqa_gen", "--bpe-dir", vocab, "--selected-cols", SELECTED_COLS,
                   "--ans2label-file", ans2label]
-    checkpoints, train_log = folders["checkpoints"], os.path.join(folders["logs"], "train.log")
-    common = [*task_flags, *ARCH_FLAGS, *RECIPE_FLAGS, *device_flags, *precision, "--lr", str(opts.lr),
-              "--batch-size", str(batch), "--seed", str(opts.seed), "--valid-batch-size", "13",
+    common = [*task_flags, *ARCH_FLAGS, *RECIPE_FLAGS, "--patch-image-size", str(image_size), *device_flags,
+              *precision, "--lr", str(opts.lr), "--batch-size", str(batch), "--seed", str(opts.seed), "--valid-batch-size", "13",
               "--batch-size-valid", "64", "--keep-interval-updates", "1", "--no-epoch-checkpoints",
               "--best-checkpoint-metric", "vqa_score", "--maximize-best-checkpoint-metric", "--num-workers", "1",
               "--log-format", "simple", "--log-interval", "20"]
     start = opts.restore_file
+    first = ["--finetune-from-model", start] if start else ["--resnet-model-path", trunk_path] if trunk else []
     if warmup > 0:
         warm_dir = os.path.join(checkpoints, "warmup")
         print(f"--- warm-up: {warmup} updates on {len(open_questions(train))} colour/shape questions")
         run(fairseq("train") + [
             f"{paths['grounding']},{paths['valid']}", *common, "--max-update", str(warmup),
             "--save-dir", warm_dir, "--save-interval-updates", str(warmup), "--validate-interval-updates",
-            str(warmup), *(["--finetune-from-model", start] if start else [])], train_log, opts.threads)
-        start = os.path.join(warm_dir, "checkpoint_last.pt")
+            str(warmup), *first], train_log, opts.threads)
+        first = ["--finetune-from-model", os.path.join(warm_dir, "checkpoint_last.pt")]
     print(f"--- training: {updates} updates on all {len(train)} questions")
     run(fairseq("train") + [
         f"{paths['train']},{paths['valid']}", *common, "--max-update", str(updates), "--save-dir", checkpoints,
         "--save-interval-updates", str(every), "--validate-interval-updates", str(every),
-        "--tensorboard-logdir", os.path.join(folders["logs"], "tensorboard"),
-        *(["--finetune-from-model", start] if start else [])], train_log, opts.threads)
+        "--tensorboard-logdir", os.path.join(folders["logs"], "tensorboard"), *first], train_log, opts.threads)
     best = os.path.join(checkpoints, "checkpoint_best.pt")
     if not os.path.isfile(best):
         best = os.path.join(checkpoints, "checkpoint_last.pt")
@@ -188,7 +226,7 @@ def main(argv=None) -> int:
         losses, scores = parse_curve(handle.read())
     curve = training_curve(os.path.join(out, "training_curve.png"), losses, scores, "vqa_score")
 
-    banner("4/5 fairseq-generate (trie-constrained beam search) and fairseq-validate on the test questions")
+    banner("5/6 fairseq-generate (trie-constrained beam search) and fairseq-validate on the test questions")
     predictions = os.path.join(out, "test_predict.json")
     generated = run(fairseq("generate") + [
         f"{paths['train']},{paths['test']}", *task_flags, "--path", best, "--gen-subset", "test", "--beam", "5",
@@ -200,7 +238,7 @@ def main(argv=None) -> int:
         f"{paths['train']},{paths['test']}", *task_flags, "--path", best, "--valid-subset", "valid",
         "--batch-size", "64", *device_flags], os.path.join(folders["logs"], "validate.log"), opts.threads)
 
-    banner("5/5 results")
+    banner("6/6 results")
     reported = float(re.search(r"VQA accuracy = ([\d.]+)", generated).group(1))
     with open(predictions, encoding="utf-8") as handle:
         predicted = {r["question_id"]: r["answer"] for r in json.load(handle)}
@@ -222,7 +260,10 @@ def main(argv=None) -> int:
         "test_questions": len(test), "accuracy": round(accuracy, 2), "generate_score_line": reported,
         "validate_all_candidates": float(allcand.group(1)) * 100 if allcand else None,
         "majority_baseline": round(base["majority"], 2), "question_only_prior": round(base["question_only"], 2),
-        "by_question_kind": by_kind, "updates": updates, "minutes": round((time.time() - started) / 60, 1),
+        "by_question_kind": by_kind, "trunk": trunk,
+        "recipe": {"image_size": image_size, "trunk_updates": trunk_updates, "warmup_updates": warmup,
+                   "updates": updates, "batch_size": batch, "lr": opts.lr},
+        "updates": updates, "minutes": round((time.time() - started) / 60, 1),
         "checkpoint": best, "logs": folders["logs"], "training_curve": curve, "predictions": predictions,
     }
     with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as handle:

@@ -101,3 +101,21 @@ def baselines(train: List[Question], test: List[Question]) -> Dict[str, float]:
         "question_only": 100.0 * sum(prior.get(q.question, majority) == q.answer for q in test) / len(test),
         "majority_answer": majority,
     }
+
+
+def balanced_questions(questions: List[Question], seed: int) -> List[Question]:
+    """The questions the text alone cannot answer: every colour/shape question, and the yes/no questions with
+    as many "yes" as "no" answers for each question text (the more frequent answer drawn at random, fixed by
+    `seed`). On easy-VQA the text alone answers 81 % of the yes/no questions ("is there a red shape?" is "no"
+    7 times in 8), which lets a model ignore the image; on this subset only looking at the image helps."""
+    by_text: Dict[Tuple[str, str], List[int]] = collections.defaultdict(list)
+    for i, q in enumerate(questions):
+        if question_kind(q) == "yes/no":
+            by_text[q.question, q.answer].append(i)
+    rng = np.random.default_rng(seed)
+    dropped = set()
+    for (text, answer), rows in by_text.items():
+        other = by_text.get((text, "no" if answer == "yes" else "yes"), [])
+        if len(rows) > len(other):
+            dropped.update(rng.choice(rows, size=len(rows) - len(other), replace=False).tolist())
+    return [q for i, q in enumerate(questions) if i not in dropped]

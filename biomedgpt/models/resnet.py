@@ -5,6 +5,7 @@
 Options: per-block drop path, frozen BatchNorm (`FrozenBatchNorm2d`, conv weights stay trainable),
 synchronised BatchNorm, `channels_last` memory format for faster CPU/GPU convolutions.
 """
+import logging
 from typing import Callable, List, Optional
 
 import torch
@@ -14,6 +15,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from .embedding import stack_drop_path_rates
 from .layers import DropPath
 
+logger = logging.getLogger(__name__)
 RESNET_BLOCKS = {"resnet50": [3, 4, 6], "resnet101": [3, 4, 23], "resnet152": [3, 8, 36]}
 
 
@@ -143,3 +145,4 @@ def load_resnet_weights(resnet: nn.Module, path: str) -> None:
         raise ValueError(f"--resnet-model-path {path}: {len(missing)} ResNet weights are missing, e.g. {missing[:3]}; "
                          f"is it a {len(own)}-entry bottleneck ResNet state dict?")
     resnet.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    logger.info("loaded %d ResNet tensors from %s", sum(k in own for k in state), path)
