@@ -29,6 +29,7 @@ import sys
 import time
 from typing import List, NamedTuple, Optional
 
+
 class Recipe(NamedTuple):
     image_size: int  # --patch-image-size
     trunk_updates: int  # ResNet trunk pre-training on the training images' colour and shape (0: none)
