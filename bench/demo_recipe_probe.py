@@ -58,10 +58,13 @@ def main():
     vocab = os.path.join(os.path.dirname(data), "vocab")
     splits = {"valid_open": open_questions, "valid_all": list,
               "valid_yesno": lambda qs: [q for q in qs if question_kind(q) == "yes/no"]}
-    if opts.train == "balanced" and not os.path.isfile(f"{data}/balanced.tsv"):
-        write_tsv(f"{data}/balanced.tsv", balanced_questions(split_train(easy_vqa_questions()[0])[0], seed=1))
-    if opts.valid in splits and not os.path.isfile(f"{data}/{opts.valid}.tsv"):
-        write_tsv(f"{data}/{opts.valid}.tsv", splits[opts.valid](split_train(easy_vqa_questions()[0])[1]))
+    missing = lambda name: not os.path.isfile(f"{data}/{name}.tsv")  # noqa: E731
+    if (opts.train == "balanced" and missing("balanced")) or (opts.valid in splits and missing(opts.valid)):
+        train, valid = split_train(easy_vqa_questions()[0])
+        if opts.train == "balanced" and missing("balanced"):
+            write_tsv(f"{data}/balanced.tsv", balanced_questions(train, seed=1))
+        if opts.valid in splits and missing(opts.valid):
+            write_tsv(f"{data}/{opts.valid}.tsv", splits[opts.valid](valid))
     with tempfile.TemporaryDirectory() as save_dir:
         recipe = RECIPES["default"]
         defaults = ["--cpu", "--bf16", "--lr", str(DEFAULT_LR), "--batch-size", str(recipe.batch_size),
