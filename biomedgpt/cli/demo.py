@@ -175,22 +175,17 @@ def main(argv=None) -> int:
     checkpoints, train_log = folders["checkpoints"], os.path.join(folders["logs"], "train.log")
     banner(f"3/6 ResNet trunk pre-training: {trunk_updates} updates naming the colour and the shape of the "
            f"training images at {image_size} px (the demo's stand-in for OFA's ImageNet-initialised trunk)")
-    trunk_path, trunk_result = os.path.join(checkpoints, "trunk.pt"), os.path.join(checkpoints, "trunk.json")
-    if trunk_updates > 0 and not os.path.isfile(trunk_result):
-        from ..demo.trunk import pretrain_trunk
-
-        torch.set_num_threads(opts.threads)
-        result = pretrain_trunk(train, valid_all, trunk_path, image_size, trunk_updates, batch_size=batch,
-                                seed=opts.seed, device="cuda" if gpu else "cpu")
-        with open(trunk_result, "w", encoding="utf-8") as handle:
-            json.dump(result, handle)
     trunk = None
     if trunk_updates > 0:
-        with open(trunk_result, encoding="utf-8") as handle:
-            trunk = json.load(handle)
-        named = {kind: trunk[f"valid_{kind}_accuracy"] for kind in ("colour", "shape")}
-        print(f"trunk: {trunk_path} (validation images named right: "
-              + ", ".join(f"{kind} " + ("n/a" if v is None else f"{100 * v:.1f}%") for kind, v in named.items()) + ")")
+        from ..demo.trunk import cached_trunk
+
+        torch.set_num_threads(opts.threads)
+        trunk_path, trunk = cached_trunk(train, valid_all, checkpoints, image_size, trunk_updates, batch_size=batch,
+                                         seed=opts.seed, device="cuda" if gpu else "cpu")
+        named = ", ".join(f"{kind} " + ("n/a" if trunk[f"valid_{kind}_accuracy"] is None
+                                        else f"{100 * trunk[f'valid_{kind}_accuracy']:.1f}%")
+                          for kind in ("colour", "shape"))
+        print(f"trunk: {trunk_path} (validation images named right: {named})")
     else:
         print("skipped" + (" (--restore-file brings its trunk)" if opts.restore_file else ""))
 
@@ -201,12 +196,12 @@ def main(argv=None) -> int:
     task_flags = ["--user-dir", USER_DIR, "--task", "vqa_gen", "--bpe-dir", vocab, "--selected-cols", SELECTED_COLS,
                   "--ans2label-file", ans2label]
     common = [*task_flags, *ARCH_FLAGS, *RECIPE_FLAGS, "--patch-image-size", str(image_size), *device_flags,
-              *precision, "--lr", str(opts.lr), "--batch-size", str(batch), "--seed", str(opts.seed), "--valid-batch-size", "13",
-              "--batch-size-valid", "64", "--keep-interval-updates", "1", "--no-epoch-checkpoints",
-              "--best-checkpoint-metric", "vqa_score", "--maximize-best-checkpoint-metric", "--num-workers", "1",
-              "--log-format", "simple", "--log-interval", "20"]
-    start = opts.restore_file
-    first = ["--finetune-from-model", start] if start else ["--resnet-model-path", trunk_path] if trunk else []
+              *precision, "--lr", str(opts.lr), "--batch-size", str(batch), "--seed", str(opts.seed),
+              "--valid-batch-size", "13", "--batch-size-valid", "64", "--keep-interval-updates", "1",
+              "--no-epoch-checkpoints", "--best-checkpoint-metric", "vqa_score", "--maximize-best-checkpoint-metric",
+              "--num-workers", "1", "--log-format", "simple", "--log-interval", "20"]
+    first = (["--finetune-from-model", opts.restore_file] if opts.restore_file
+             else ["--resnet-model-path", trunk_path] if trunk else [])
     if warmup > 0:
         warm_dir = os.path.join(checkpoints, "warmup")
         print(f"--- warm-up: {warmup} updates on {len(open_questions(train))} colour/shape questions")

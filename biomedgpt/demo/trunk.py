@@ -8,6 +8,8 @@ image. The result is a torchvision-layout state dict that `fairseq-train --resne
 is discarded. Validation images (never trained on) measure how well the trunk names them.
 """
 import collections
+import json
+import os
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -117,3 +119,16 @@ def pretrain_trunk(train: Sequence[Question], valid: Sequence[Question], out_pat
               **{f"valid_{k}_accuracy": v for k, v in _accuracy(model, valid_images, valid_labels).items()}}
     torch.save({k: v.cpu() for k, v in model.trunk.state_dict().items()}, out_path)
     return result
+
+
+def cached_trunk(train: Sequence[Question], valid: Sequence[Question], folder: str, image_size: int, updates: int,
+                 **kwargs) -> Tuple[str, dict]:
+    """`(folder/trunk.pt, its result)`: pre-trained by `pretrain_trunk(..., **kwargs)` unless an earlier run
+    finished it (its result is kept in `folder/trunk.json`, written last)."""
+    path, result_path = os.path.join(folder, "trunk.pt"), os.path.join(folder, "trunk.json")
+    if not os.path.isfile(result_path):
+        result = pretrain_trunk(train, valid, path, image_size, updates, **kwargs)
+        with open(result_path, "w", encoding="utf-8") as handle:
+            json.dump(result, handle)
+    with open(result_path, encoding="utf-8") as handle:
+        return path, json.load(handle)
