@@ -139,6 +139,25 @@ def test_freeze_resnet_statistics_do_not_move_in_train_mode(frozen):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_freeze_resnet_weights_makes_the_trunk_a_fixed_feature_extractor(base, batch):
+    """`--freeze-resnet --freeze-resnet-weights`: no trunk weight is trained, the rest of the model is, and a
+    training step leaves the trunk exactly as it was (no gradient reaches it, BatchNorm statistics stay)."""
+    model = build_small("--freeze-resnet", "--freeze-resnet-weights", seed=1)
+    trunk = {f"encoder.embed_images.{n}" for n, _ in model.encoder.embed_images.named_parameters()}
+    assert trunk and not trunk & trainable(model)
+    assert trainable(model) == {n for n in trainable(base) if not n.startswith("encoder.embed_images.")}
+    before = {k: v.clone() for k, v in model.encoder.embed_images.state_dict().items()}
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(**batch)[0].float().logsumexp(-1).mean().backward()
+    assert all(p.grad is None for p in model.encoder.embed_images.parameters())
+    assert model.encoder.embed_images.conv1.weight.grad is None
+    assert model.encoder.image_proj.weight.grad is not None and model.encoder.image_proj.weight.grad.abs().sum() > 0
+    optimizer.step()
+    after = model.encoder.embed_images.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_freeze_resnet_loads_unfrozen_checkpoint_and_matches_eval_batchnorm(base, frozen):
     reference = copy.deepcopy(base)
     g = torch.Generator().manual_seed(3)

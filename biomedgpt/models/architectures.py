@@ -38,7 +38,7 @@ _DEFAULTS = {
     "encoder_prompt_length": 100, "decoder_prompt_length": 100,
     "resnet_drop_path_rate": 0.0, "encoder_drop_path_rate": 0.0, "decoder_drop_path_rate": 0.0,
     "token_bucket_size": 256, "image_bucket_size": 42, "attn_scale_factor": 2,
-    "freeze_resnet": False, "freeze_encoder_embedding": False, "freeze_decoder_embedding": False,
+    "freeze_resnet": False, "freeze_resnet_weights": False, "freeze_encoder_embedding": False, "freeze_decoder_embedding": False,
     "add_type_embedding": True, "interpolate_position": False, "resnet_model_path": None,
     "code_image_size": 128, "patch_layernorm_embedding": True, "code_layernorm_embedding": True,
     "entangle_position_embedding": False, "disable_entangle": False, "sync_bn": False,

@@ -30,6 +30,8 @@ _FLAGS = {
     "encoder-prompt-projection": "reparametrise encoder prefixes through an MLP",
     "decoder-prompt-projection": "reparametrise decoder prefixes through an MLP",
     "freeze-resnet": "replace ResNet BatchNorm by FrozenBatchNorm2d",
+    "freeze-resnet-weights": "(plugin) give no ResNet weight a gradient; with --freeze-resnet the trunk is a fixed "
+                             "feature extractor (e.g. a pre-trained --resnet-model-path)",
     "freeze-encoder-embedding": "freeze the (shared) token embedding from the encoder side",
     "freeze-decoder-embedding": "freeze the (shared) token embedding from the decoder side",
     "add-type-embedding": "add a text/image type embedding",

@@ -115,7 +115,8 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
 
 
 def build_resnet(args) -> nn.Module:
-    """The image trunk for `args.resnet_type`, honouring `--sync-bn`, `--freeze-resnet`, `--resnet-model-path`."""
+    """The image trunk for `args.resnet_type`, honouring `--sync-bn`, `--freeze-resnet`, `--freeze-resnet-weights`,
+    `--resnet-model-path`."""
     if args.resnet_type not in RESNET_BLOCKS:
         raise ValueError(f"--resnet-type must be one of {sorted(RESNET_BLOCKS)}, got {args.resnet_type!r}")
     norm_layer = None
@@ -130,6 +131,8 @@ def build_resnet(args) -> nn.Module:
         resnet = freeze_batch_norm(resnet)
     if getattr(args, "resnet_model_path", None):
         load_resnet_weights(resnet, args.resnet_model_path)
+    if getattr(args, "freeze_resnet_weights", False):
+        resnet.requires_grad_(False)
     return resnet
 
 
