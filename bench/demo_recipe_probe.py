@@ -1,7 +1,7 @@
 """Probe a demo training recipe: `fairseq-train` with the demo's flags (plus overrides) on easy-VQA TSVs that
 `biomedgpt-demo` wrote, printing one JSON line per validation: updates, seconds, vqa_score.
 
-    OMP_NUM_THREADS=1 python bench/demo_recipe_probe.py --data runs/easy_vqa/data --train grounding \
+    OMP_NUM_THREADS=1 python bench/demo_recipe_probe.py --data runs/easy_vqa/data --train balanced \
         --valid valid_open --updates 600 --every 150 -- --lr 5e-4 --batch-size 64
 
 `--valid valid_open` (the default) validates on the colour/shape questions of the whole validation split (207
@@ -47,7 +47,7 @@ def merge(flags, overrides):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the demo's data folder (TSVs, ans2label.json)")
-    parser.add_argument("--train", default="grounding")
+    parser.add_argument("--train", default="balanced")
     parser.add_argument("--valid", default="valid_open")
     parser.add_argument("--updates", type=int, default=600)
     parser.add_argument("--every", type=int, default=150, help="validate every N updates")

@@ -32,9 +32,18 @@ def test_demo_end_to_end_in_a_reduced_setting(tmp_path):
     assert "trunk pre-training: update 3/3" in log
     trunk = str(out / "checkpoints" / "trunk.pt")
     assert re.search(rf"--resnet-model-path {re.escape(trunk)}\b", log)  # the warm-up starts from the trunk
-    assert f"loaded 258 ResNet tensors from {trunk}" in log
+    assert f"loaded 215 ResNet tensors from {trunk}" in log  # FrozenBatchNorm2d: no num_batches_tracked
+    import torch
+
+    trained = torch.load(out / "checkpoints" / "checkpoint_last.pt", weights_only=True)["model"]
+    pretrained = torch.load(trunk, weights_only=True)
+    fixed = [k for k in pretrained if f"encoder.embed_images.{k}" in trained]
+    assert len(fixed) == 215  # --freeze-resnet --freeze-resnet-weights: through warm-up and training, the trunk
+    for key in fixed:  # keeps its pre-trained values, rounded to the bf16 the model trains in
+        ours = trained[f"encoder.embed_images.{key}"]
+        assert torch.equal(ours, pretrained[key].to(torch.bfloat16).to(ours.dtype)), key
     assert 0 <= json.loads((out / "report.json").read_text())["trunk"]["valid_shape_accuracy"] <= 1
-    assert "--- warm-up: 2 updates on" in log and "--bf16" in log  # grounding warm-up, bf16 on the CPU
+    assert "--- warm-up: 2 updates on" in log and "--bf16" in log  # balanced warm-up, bf16 on the CPU
     for name in ("checkpoints/trunk.pt", "checkpoints/checkpoint_best.pt", "logs/train.log", "logs/generate.log",
                  "logs/validate.log", "data/train.tsv", "data/test.tsv", "vocab/spm.model", "vocab/dict.txt",
                  "test_predict.json", "report.json"):
@@ -42,10 +51,10 @@ def test_demo_end_to_end_in_a_reduced_setting(tmp_path):
     assert Image.open(out / "training_curve.png").size == (720, 480)
     assert list((out / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
 
-    truth = {}
+    truth, text = {}, {}
     with open(out / "data" / "test.tsv", encoding="utf-8") as handle:
         for line in handle:
-            qid, _, _, answer, *_ = line.split("\t")
+            qid, _, text[qid], answer, *_ = line.split("\t")
             truth[qid] = answer.split("|!+")[1]
     predictions = {r["question_id"]: r["answer"] for r in json.loads((out / "test_predict.json").read_text())}
     assert set(predictions) == set(truth) and len(truth) == 48
@@ -56,13 +65,22 @@ def test_demo_end_to_end_in_a_reduced_setting(tmp_path):
     assert re.search(r"majority answer \('\w+'\): [\d.]+%   question-only prior: [\d.]+%", log)
     report = json.loads((out / "report.json").read_text())
     assert report["accuracy"] == pytest.approx(expected, abs=0.01) and report["test_questions"] == 48
-    for kind, row in report["by_question_kind"].items():  # accuracy on yes/no vs colour/shape questions
-        asked = [q for q, a in truth.items() if (a in ("yes", "no")) == (kind == "yes/no")]
+    colours = {"red", "green", "blue", "black", "gray", "teal", "brown", "yellow"}
+    yes_no = lambda q: truth[q] in ("yes", "no")  # noqa: E731
+    names_colour = lambda q: bool(colours & set(text[q].rstrip("?").split()))  # noqa: E731
+    kinds = {  # accuracy on yes/no vs colour/shape questions, and on yes/no questions by what they name
+        "colour/shape": lambda q: not yes_no(q), "yes/no": yes_no,
+        "yes/no naming a colour": lambda q: yes_no(q) and names_colour(q),
+        "yes/no naming a shape": lambda q: yes_no(q) and not names_colour(q)}
+    for kind, row in report["by_question_kind"].items():
+        asked = [q for q in truth if kinds[kind](q)]
         assert row["questions"] == len(asked) > 0
         assert row["accuracy"] == pytest.approx(100 * sum(predictions[q] == truth[q] for q in asked) / len(asked),
                                                 abs=0.01)
-        assert f"{kind} questions ({len(asked)}): {row['accuracy']:.2f}%" in log
-    assert set(report["by_question_kind"]) == {"yes/no", "colour/shape"}
+        assert f"{kind} ({len(asked)} questions): {row['accuracy']:.2f}%" in log
+    assert {"yes/no", "colour/shape"} <= set(report["by_question_kind"]) <= set(kinds)
+    assert sum(report["by_question_kind"].get(k, {}).get("questions", 0) for k in list(kinds)[2:]) == \
+        report["by_question_kind"]["yes/no"]["questions"]
 
     written = (out / "data" / "train.tsv").stat().st_mtime_ns
     again = demo(out)  # re-running resumes: data and vocabulary are kept, training continues from its checkpoint

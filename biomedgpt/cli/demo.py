@@ -7,14 +7,15 @@
 Stages: easy-VQA -> TSVs; a SentencePiece vocabulary trained on the questions and answers; the ResNet trunk
 pre-trained to name the colour and the shape of the training images (OFA starts from an ImageNet-trained trunk,
 `--resnet-model-path`; the demo has neither network nor ImageNet, so it makes its own start the same way);
-`fairseq-train` (from scratch with that trunk, or `--restore-file CKPT`), optionally after a warm-up on the
-colour/shape questions only (`--warmup-updates`); `fairseq-generate` with trie-constrained beam search and
-`fairseq-validate` on held-out test questions; a report with the accuracy next to the majority answer and the
-question-only prior, sample answers and where the checkpoint, logs and the training-curve PNG are.
-Recipe (BENCHMARKS.md, "The demo recipe"): 32-px images (the shapes stay recognisable, and training runs at
-1.4 instead of 0.8 updates/s at 64 px), Adam 3e-4 (at 1e-3 the randomly initialised model cannot even memorise
-64 samples), bf16 weights with fp32 master copies on the CPU (fairseq `--bf16`); with the pre-trained trunk
-the model answers colour/shape questions after ~100 updates (it needed ~1,000 updates to reach 75 % without).
+`fairseq-train` (from scratch with that trunk held fixed, or `--restore-file CKPT`), optionally after a warm-up
+on the questions the text alone cannot answer (`--warmup-updates`); `fairseq-generate` with trie-constrained
+beam search and `fairseq-validate` on held-out test questions; a report with the accuracy next to the majority
+answer and the question-only prior, sample answers and where the checkpoint, logs and the training-curve PNG are.
+Recipe (BENCHMARKS.md, "The demo recipe", parts 1-3): 32-px images, Adam 3e-4, bf16 weights with fp32 master
+copies on the CPU (fairseq `--bf16`); the pre-trained trunk kept fixed (`--freeze-resnet
+--freeze-resnet-weights`: trained on, it forgets the shapes under the yes/no questions' gradients); no decoder
+prompt (`--prompt-type none`: the decoder reads the question through the encoder only, so an update costs half
+and evaluation a third of what `prev_output` costs, at the same accuracy per update).
 Everything goes under `--out`; re-running resumes (finished stages are skipped, training continues from
 `checkpoint_last.pt`), `--fresh` starts clean.
 """
@@ -33,7 +34,7 @@ from typing import List, NamedTuple, Optional
 class Recipe(NamedTuple):
     image_size: int  # --patch-image-size
     trunk_updates: int  # ResNet trunk pre-training on the training images' colour and shape (0: none)
-    warmup_updates: int  # fairseq-train on the colour/shape questions only (0: none)
+    warmup_updates: int  # fairseq-train on `balanced_questions` (0: none)
     updates: int  # fairseq-train on all questions
     batch_size: int
     test_questions: Optional[int]  # None: all 9,673
@@ -42,8 +43,8 @@ class Recipe(NamedTuple):
 
 
 RECIPES = {
-    "default": Recipe(32, 400, 0, 600, 32, 1000, 300, 300),
-    "full": Recipe(32, 800, 0, 2400, 32, None, 800, 600),
+    "default": Recipe(32, 600, 0, 1200, 32, 1000, 300, 400),
+    "full": Recipe(32, 1200, 0, 5000, 32, None, 800, 1000),
 }
 DEFAULT_LR = 3e-4  # Adam; at 1e-3 the randomly initialised model cannot even memorise 64 samples
 VOCAB_SIZE = 128  # an upper bound: easy-VQA's text has fewer distinct pieces
@@ -54,7 +55,7 @@ ARCH_FLAGS = [
     "--scale-fc", "--scale-heads", "--disable-entangle",
 ]
 RECIPE_FLAGS = [
-    "--max-src-length", "32", "--max-tgt-length", "4", "--prompt-type", "prev_output",
+    "--max-src-length", "32", "--max-tgt-length", "4", "--prompt-type", "none",
     "--dropout", "0.0", "--attention-dropout", "0.0", "--resnet-drop-path-rate", "0.0",
     "--encoder-drop-path-rate", "0.0", "--decoder-drop-path-rate", "0.0",
     "--criterion", "adjust_label_smoothed_cross_entropy", "--label-smoothing", "0.0",
@@ -106,7 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--trunk-updates", type=int, default=None,
                         help="ResNet trunk pre-training updates on the images' colour and shape (default: recipe)")
     parser.add_argument("--warmup-updates", type=int, default=None,
-                        help="fairseq-train warm-up updates on the colour/shape questions only (default: recipe)")
+                        help="fairseq-train warm-up updates on the questions the text alone cannot answer: the "
+                             "colour/shape ones and as many yes as no per yes/no question (default: recipe)")
     parser.add_argument("--updates", type=int, default=None, help="training updates (default: from the recipe)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"peak Adam learning rate (default {DEFAULT_LR})")
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from ..demo.easy_vqa_data import (SELECTED_COLS, baselines, easy_vqa_questions, open_questions, question_kind,
+    from ..demo.easy_vqa_data import (SELECTED_COLS, balanced_questions, baselines, easy_vqa_questions, report_kinds,
                                       split_train, subsample, write_answers, write_tsv)
     from ..demo.plot import training_curve
     from ..userdir import USER_DIR
@@ -153,8 +155,9 @@ def main(argv=None) -> int:
     train = subsample(train, opts.train_questions, opts.seed)
     valid, test = subsample(valid_all, valid_n, opts.seed), subsample(test_all, test_n, opts.seed)
     data = folders["data"]
-    paths = {name: os.path.join(data, f"{name}.tsv") for name in ("train", "grounding", "valid", "test")}
-    for name, questions in (("train", train), ("grounding", open_questions(train)), ("valid", valid),
+    paths = {name: os.path.join(data, f"{name}.tsv") for name in ("train", "balanced", "valid", "test")}
+    balanced = balanced_questions(train, opts.seed)
+    for name, questions in (("train", train), ("balanced", balanced), ("valid", valid),
                             ("test", test)):
         if not os.path.isfile(paths[name]):
             write_tsv(paths[name], questions)
@@ -190,8 +193,8 @@ def main(argv=None) -> int:
         print("skipped" + (" (--restore-file brings its trunk)" if opts.restore_file else ""))
 
     banner(f"4/6 fairseq-train: ofa_tiny from {opts.restore_file or 'scratch'}"
-           f"{' with the pre-trained trunk' if trunk else ''}, {warmup} warm-up updates on the colour/shape "
-           f"questions, then {updates} updates on all questions, {batch} a batch "
+           f"{' with the pre-trained trunk' if trunk else ''}, {warmup} warm-up updates on the questions the "
+           f"text alone cannot answer, then {updates} updates on all questions, {batch} a batch "
            f"({'GPU' if gpu else f'CPU, {opts.threads} threads'})")
     task_flags = ["--user-dir", USER_DIR, "--task", "vqa_gen", "--bpe-dir", vocab, "--selected-cols", SELECTED_COLS,
                   "--ans2label-file", ans2label]
@@ -200,13 +203,18 @@ def main(argv=None) -> int:
               "--valid-batch-size", "13", "--batch-size-valid", "64", "--keep-interval-updates", "1",
               "--no-epoch-checkpoints", "--best-checkpoint-metric", "vqa_score", "--maximize-best-checkpoint-metric",
               "--num-workers", "1", "--log-format", "simple", "--log-interval", "20"]
+    if trunk:
+        # the pre-trained trunk stays fixed (weights and BatchNorm statistics): trained on, it loses its
+        # colour/shape features under the yes/no questions' gradients; fixed, each update skips its backward pass
+        common += ["--freeze-resnet", "--freeze-resnet-weights"]
     first = (["--finetune-from-model", opts.restore_file] if opts.restore_file
              else ["--resnet-model-path", trunk_path] if trunk else [])
     if warmup > 0:
         warm_dir = os.path.join(checkpoints, "warmup")
-        print(f"--- warm-up: {warmup} updates on {len(open_questions(train))} colour/shape questions")
+        print(f"--- warm-up: {warmup} updates on {len(balanced)} questions: the colour/shape ones and as many "
+              f"yes as no answers per yes/no question")
         run(fairseq("train") + [
-            f"{paths['grounding']},{paths['valid']}", *common, "--max-update", str(warmup),
+            f"{paths['balanced']},{paths['valid']}", *common, "--max-update", str(warmup),
             "--save-dir", warm_dir, "--save-interval-updates", str(warmup), "--validate-interval-updates",
             str(warmup), *first], train_log, opts.threads)
         first = ["--finetune-from-model", os.path.join(warm_dir, "checkpoint_last.pt")]
@@ -246,8 +254,8 @@ def main(argv=None) -> int:
     allcand = re.search(r"vqa_score ([\d.]+)", validated)
     base = baselines(train, test)
     by_kind = {}
-    for kind in ("colour/shape", "yes/no"):
-        asked = [q for q in test if question_kind(q) == kind]
+    for kind in ("colour/shape", "yes/no", "yes/no naming a colour", "yes/no naming a shape"):
+        asked = [q for q in test if kind in report_kinds(q)]
         if asked:
             by_kind[kind] = {"questions": len(asked),
                              "accuracy": round(percent_correct(asked), 2),
@@ -269,7 +277,7 @@ def main(argv=None) -> int:
     print(f"majority answer ({base['majority_answer']!r}): {base['majority']:.2f}%   "
           f"question-only prior: {base['question_only']:.2f}%")
     for kind, row in by_kind.items():
-        print(f"  {kind} questions ({row['questions']}): {row['accuracy']:.2f}%   "
+        print(f"  {kind} ({row['questions']} questions): {row['accuracy']:.2f}%   "
               f"question-only prior: {row['question_only_prior']:.2f}%")
     print("sample answers:")
     for q in test[:6]:

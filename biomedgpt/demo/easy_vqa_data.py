@@ -17,6 +17,8 @@ import numpy as np
 
 VALID_EVERY = 50
 SELECTED_COLS = "0,5,2,3,4"
+COLOURS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+SHAPES = ("circle", "rectangle", "triangle")
 
 
 @dataclass
@@ -52,6 +54,16 @@ def split_train(train: List[Question]) -> Tuple[List[Question], List[Question]]:
 def question_kind(question: Question) -> str:
     """"yes/no" or "colour/shape" (the open questions)."""
     return "yes/no" if question.answer in ("yes", "no") else "colour/shape"
+
+
+def report_kinds(question: Question) -> List[str]:
+    """The report's rows a question counts in: its `question_kind`, and for a yes/no question also whether it
+    names a colour ("is there a red shape?") or a shape ("is there a circle?")."""
+    kind = question_kind(question)
+    if kind == "colour/shape":
+        return [kind]
+    words = question.question.rstrip("?").split()
+    return [kind, "yes/no naming a colour" if any(w in COLOURS for w in words) else "yes/no naming a shape"]
 
 
 def open_questions(questions: List[Question]) -> List[Question]:

@@ -19,10 +19,7 @@ from torch.nn import functional as F
 
 from ..data.image import resize_transform
 from ..models.resnet import RESNET_BLOCKS, ResNet
-from .easy_vqa_data import Question, question_kind
-
-COLOURS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
-SHAPES = ("circle", "rectangle", "triangle")
+from .easy_vqa_data import COLOURS, SHAPES, Question, question_kind
 
 
 def image_labels(questions: Sequence[Question]) -> Dict[str, Tuple[int, int]]:
