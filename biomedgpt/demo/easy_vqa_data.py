@@ -68,7 +68,7 @@ def report_kinds(question: Question) -> List[str]:
 
 def open_questions(questions: List[Question]) -> List[Question]:
     """The colour / shape questions (answer not yes/no): the question text alone cannot answer them, so a model
-    trained on them must look at the image (the demo's image-grounding warm-up)."""
+    trained on them must look at the image (`bench/demo_recipe_probe.py --valid valid_open`)."""
     return [q for q in questions if question_kind(q) == "colour/shape"]
 
 
