@@ -68,8 +68,10 @@ def test_demo_end_to_end_in_a_reduced_setting(tmp_path):
     colours = {"red", "green", "blue", "black", "gray", "teal", "brown", "yellow"}
     yes_no = lambda q: truth[q] in ("yes", "no")  # noqa: E731
     names_colour = lambda q: bool(colours & set(text[q].rstrip("?").split()))  # noqa: E731
-    kinds = {  # accuracy on yes/no vs colour/shape questions, and on yes/no questions by what they name
+    kinds = {  # accuracy on yes/no vs colour/shape questions, and on each by what they ask or name
         "colour/shape": lambda q: not yes_no(q), "yes/no": yes_no,
+        "colour/shape asking a colour": lambda q: truth[q] in colours,
+        "colour/shape asking a shape": lambda q: not yes_no(q) and truth[q] not in colours,
         "yes/no naming a colour": lambda q: yes_no(q) and names_colour(q),
         "yes/no naming a shape": lambda q: yes_no(q) and not names_colour(q)}
     for kind, row in report["by_question_kind"].items():
@@ -79,8 +81,9 @@ def test_demo_end_to_end_in_a_reduced_setting(tmp_path):
                                                 abs=0.01)
         assert f"{kind} ({len(asked)} questions): {row['accuracy']:.2f}%" in log
     assert {"yes/no", "colour/shape"} <= set(report["by_question_kind"]) <= set(kinds)
-    assert sum(report["by_question_kind"].get(k, {}).get("questions", 0) for k in list(kinds)[2:]) == \
-        report["by_question_kind"]["yes/no"]["questions"]
+    for whole, parts in (("colour/shape", list(kinds)[2:4]), ("yes/no", list(kinds)[4:])):
+        assert sum(report["by_question_kind"].get(k, {}).get("questions", 0) for k in parts) == \
+            report["by_question_kind"][whole]["questions"]
 
     written = (out / "data" / "train.tsv").stat().st_mtime_ns
     again = demo(out)  # re-running resumes: data and vocabulary are kept, training continues from its checkpoint

@@ -133,8 +133,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from ..demo.easy_vqa_data import (SELECTED_COLS, balanced_questions, baselines, easy_vqa_questions, report_kinds,
-                                      split_train, subsample, write_answers, write_tsv)
+    from ..demo.easy_vqa_data import (REPORT_KINDS, SELECTED_COLS, balanced_questions, baselines, easy_vqa_questions,
+                                      report_kinds, split_train, subsample, write_answers, write_tsv)
     from ..demo.plot import training_curve
     from ..userdir import USER_DIR
 
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     allcand = re.search(r"vqa_score ([\d.]+)", validated)
     base = baselines(train, test)
     by_kind = {}
-    for kind in ("colour/shape", "yes/no", "yes/no naming a colour", "yes/no naming a shape"):
+    for kind in REPORT_KINDS:
         asked = [q for q in test if kind in report_kinds(q)]
         if asked:
             by_kind[kind] = {"questions": len(asked),

@@ -56,12 +56,17 @@ def question_kind(question: Question) -> str:
     return "yes/no" if question.answer in ("yes", "no") else "colour/shape"
 
 
+REPORT_KINDS = ("colour/shape", "yes/no", "colour/shape asking a colour", "colour/shape asking a shape",
+                "yes/no naming a colour", "yes/no naming a shape")
+
+
 def report_kinds(question: Question) -> List[str]:
-    """The report's rows a question counts in: its `question_kind`, and for a yes/no question also whether it
-    names a colour ("is there a red shape?") or a shape ("is there a circle?")."""
+    """The report's rows (`REPORT_KINDS`) a question counts in: its `question_kind`, and whether a colour/shape
+    question asks for a colour or a shape, or whether a yes/no question names a colour ("is there a red
+    shape?") or a shape ("is there a circle?")."""
     kind = question_kind(question)
     if kind == "colour/shape":
-        return [kind]
+        return [kind, f"colour/shape asking a {'colour' if question.answer in COLOURS else 'shape'}"]
     words = question.question.rstrip("?").split()
     return [kind, "yes/no naming a colour" if any(w in COLOURS for w in words) else "yes/no naming a shape"]
 
