@@ -151,7 +151,6 @@ def test_freeze_resnet_weights_makes_the_trunk_a_fixed_feature_extractor(base, b
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model(**batch)[0].float().logsumexp(-1).mean().backward()
     assert all(p.grad is None for p in model.encoder.embed_images.parameters())
-    assert model.encoder.embed_images.conv1.weight.grad is None
     assert model.encoder.image_proj.weight.grad is not None and model.encoder.image_proj.weight.grad.abs().sum() > 0
     optimizer.step()
     after = model.encoder.embed_images.state_dict()

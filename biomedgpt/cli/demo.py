@@ -156,9 +156,10 @@ def main(argv=None) -> int:
     valid, test = subsample(valid_all, valid_n, opts.seed), subsample(test_all, test_n, opts.seed)
     data = folders["data"]
     paths = {name: os.path.join(data, f"{name}.tsv") for name in ("train", "balanced", "valid", "test")}
-    balanced = balanced_questions(train, opts.seed)
-    for name, questions in (("train", train), ("balanced", balanced), ("valid", valid),
-                            ("test", test)):
+    splits = {"train": train, "valid": valid, "test": test}
+    if warmup > 0:  # the warm-up's questions: written only when a warm-up runs
+        splits["balanced"] = balanced = balanced_questions(train, opts.seed)
+    for name, questions in splits.items():
         if not os.path.isfile(paths[name]):
             write_tsv(paths[name], questions)
         print(f"{name}: {len(questions)} questions -> {paths[name]}")
